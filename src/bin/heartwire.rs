@@ -1,0 +1,90 @@
+//! The `heartwire` command: `heartwire serve` runs a server.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use heartwire::cli::ServeArgs;
+use heartwire::ServerBuilder;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "heartwire",
+    version,
+    about = "Long-lived TCP connections that stay healthy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the chat/push server (protocol v1, newline-delimited JSON over TCP).
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match args.to_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("heartwire: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let system = actix_rt::System::new();
+    let code = system.block_on(async move {
+        let server = match ServerBuilder::new(config).start() {
+            Ok(server) => server,
+            Err(e) => {
+                eprintln!("heartwire: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "listening on {}", server.local_addr());
+        let _ = stdout.flush();
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => (term, int),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("heartwire: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down; a second signal exits at once");
+        actix_rt::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("heartwire: second signal, exiting now");
+            std::process::exit(130);
+        });
+        let drained = server.shutdown().await;
+        tracing::info!(drained, "stopped");
+        ExitCode::SUCCESS
+    });
+    code
+}

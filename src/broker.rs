@@ -1,0 +1,328 @@
+//! The broker seam: sequencing, history, dedupe and the encoded message that every
+//! subscriber receives.
+//!
+//! The [`Registry`](crate::Registry) knows which local sessions are in which room; the
+//! [`Broker`] owns everything about a room's *stream*: its `seq`, its `epoch`, the bounded
+//! history used for `since` recovery, and publish-id dedupe. The trait is async and returns
+//! owned results so that an implementation may live elsewhere (a later Redis broker lets
+//! several heartwire nodes share rooms); [`MemoryBroker`] is the embedded default and answers
+//! at once.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::{ready, LocalBoxFuture};
+use serde_json::value::RawValue;
+
+use crate::protocol::Outbound;
+
+/// A broker call's result.
+pub type BrokerFuture<T> = LocalBoxFuture<'static, Result<T, BrokerError>>;
+
+/// A broker could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("broker: {0}")]
+pub struct BrokerError(pub String);
+
+/// A message to sequence into a room.
+#[derive(Debug)]
+pub struct PublishRequest {
+    /// Room name.
+    pub room: Arc<str>,
+    /// Publishing user; `None` for pushes by the server's own API.
+    pub from: Option<Arc<str>>,
+    /// Payload as raw JSON.
+    pub data: Box<RawValue>,
+    /// The publisher's id, for dedupe and the ack.
+    pub id: Option<Arc<str>>,
+}
+
+/// The outcome of a publish.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The seq the message got (for a duplicate: the seq it got the first time).
+    pub seq: u64,
+    /// The `message` frame, encoded once and shared by every subscriber.
+    pub frame: Bytes,
+    /// True when the id was already sequenced: nothing new to deliver.
+    pub duplicate: bool,
+}
+
+/// What a subscriber needs before it goes live.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// The room's latest seq (0 when it has none).
+    pub seq: u64,
+    /// The room's current epoch.
+    pub epoch: Arc<str>,
+    /// Encoded `message` frames with `seq > since`, in order.
+    pub frames: Vec<Bytes>,
+    /// With `since`: whether every message after it was replayed.
+    pub recovered: Option<bool>,
+}
+
+/// Sequencing, history and dedupe of rooms.
+///
+/// Calls for one room are made in order and each completes before the next is made, so an
+/// implementation needs no reordering of its own.
+pub trait Broker: 'static {
+    /// Sequences a message (or recognises a duplicate id) and returns its encoded frame.
+    fn publish(&self, request: PublishRequest) -> BrokerFuture<Published>;
+    /// Reads what a subscriber with `since`/`epoch` missed, and the room's position.
+    fn replay(&self, room: &str, since: Option<u64>, epoch: Option<&str>) -> BrokerFuture<Replay>;
+    /// The registry no longer has local subscribers in `room`: its stream may be forgotten
+    /// once its history is gone.
+    fn release(&self, room: &str);
+    /// Periodic upkeep (expiring history); called by the registry's sweep.
+    fn maintain(&self);
+}
+
+/// Limits of a room's history.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    /// Messages kept per room.
+    pub size: usize,
+    /// Age after which a message is dropped.
+    pub ttl: Duration,
+}
+
+/// The in-process broker: per-room history in memory, bounded by size and age.
+#[derive(Debug)]
+pub struct MemoryBroker {
+    limits: HistoryLimits,
+    rooms: RefCell<HashMap<Arc<str>, RoomLog>>,
+}
+
+#[derive(Debug)]
+struct RoomLog {
+    epoch: Arc<str>,
+    seq: u64,
+    history: VecDeque<Entry>,
+    /// `(user, id)` → seq, for the ids still in `history`.
+    dedupe: HashMap<(Option<Arc<str>>, Arc<str>), u64>,
+    /// Local subscribers may exist: the stream must not restart.
+    in_use: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    at: Instant,
+    frame: Bytes,
+    key: Option<(Option<Arc<str>>, Arc<str>)>,
+}
+
+impl RoomLog {
+    fn new() -> Self {
+        RoomLog {
+            epoch: format!("{:016x}", fastrand::u64(..)).into(),
+            seq: 0,
+            history: VecDeque::new(),
+            dedupe: HashMap::new(),
+            in_use: true,
+        }
+    }
+
+    fn expire(&mut self, limits: HistoryLimits, now: Instant) {
+        while let Some(front) = self.history.front() {
+            let too_many = self.history.len() > limits.size;
+            let too_old = now.saturating_duration_since(front.at) > limits.ttl;
+            if !(too_many || too_old) {
+                break;
+            }
+            if let Some(Entry { key: Some(key), .. }) = self.history.pop_front() {
+                self.dedupe.remove(&key);
+            }
+        }
+    }
+}
+
+impl MemoryBroker {
+    /// A broker keeping at most `limits` of history per room.
+    pub fn new(limits: HistoryLimits) -> Self {
+        MemoryBroker {
+            limits,
+            rooms: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn publish_now(&self, req: PublishRequest) -> Published {
+        let now = Instant::now();
+        let mut rooms = self.rooms.borrow_mut();
+        let log = rooms.entry(req.room.clone()).or_insert_with(RoomLog::new);
+        log.in_use = true;
+        log.expire(self.limits, now);
+        let key = req.id.clone().map(|id| (req.from.clone(), id));
+        if let Some(seq) = key.as_ref().and_then(|k| log.dedupe.get(k)) {
+            let seq = *seq;
+            let frame = log
+                .history
+                .iter()
+                .find(|e| e.seq == seq)
+                .map(|e| e.frame.clone())
+                .unwrap_or_default();
+            return Published {
+                seq,
+                frame,
+                duplicate: true,
+            };
+        }
+        log.seq += 1;
+        let seq = log.seq;
+        let frame = Outbound::Message {
+            room: Some(&req.room),
+            seq: Some(seq),
+            from: req.from.as_deref(),
+            data: &req.data,
+            id: req.id.as_deref(),
+        }
+        .encode();
+        if self.limits.size > 0 {
+            if let Some(key) = &key {
+                log.dedupe.insert(key.clone(), seq);
+            }
+            log.history.push_back(Entry {
+                seq,
+                at: now,
+                frame: frame.clone(),
+                key,
+            });
+            log.expire(self.limits, now);
+        }
+        Published {
+            seq,
+            frame,
+            duplicate: false,
+        }
+    }
+
+    fn replay_now(&self, room: &str, since: Option<u64>, epoch: Option<&str>) -> Replay {
+        let mut rooms = self.rooms.borrow_mut();
+        let log = match rooms.get_mut(room) {
+            Some(log) => log,
+            None => rooms.entry(Arc::from(room)).or_insert_with(RoomLog::new),
+        };
+        log.in_use = true;
+        log.expire(self.limits, Instant::now());
+        let mut replay = Replay {
+            seq: log.seq,
+            epoch: log.epoch.clone(),
+            frames: Vec::new(),
+            recovered: None,
+        };
+        let Some(since) = since else {
+            return replay;
+        };
+        if epoch.is_some_and(|e| e != &*log.epoch) || since > log.seq {
+            replay.recovered = Some(false);
+            return replay;
+        }
+        let first_kept = log.history.front().map_or(log.seq + 1, |e| e.seq);
+        replay.frames = log
+            .history
+            .iter()
+            .filter(|e| e.seq > since)
+            .map(|e| e.frame.clone())
+            .collect();
+        replay.recovered = Some(first_kept <= since + 1);
+        replay
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn publish(&self, request: PublishRequest) -> BrokerFuture<Published> {
+        Box::pin(ready(Ok(self.publish_now(request))))
+    }
+
+    fn replay(&self, room: &str, since: Option<u64>, epoch: Option<&str>) -> BrokerFuture<Replay> {
+        Box::pin(ready(Ok(self.replay_now(room, since, epoch))))
+    }
+
+    fn release(&self, room: &str) {
+        let mut rooms = self.rooms.borrow_mut();
+        if let Some(log) = rooms.get_mut(room) {
+            log.in_use = false;
+            if log.history.is_empty() {
+                rooms.remove(room);
+            }
+        }
+    }
+
+    fn maintain(&self) {
+        let now = Instant::now();
+        let limits = self.limits;
+        self.rooms.borrow_mut().retain(|_, log| {
+            log.expire(limits, now);
+            log.in_use || !log.history.is_empty()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(room: &str, from: &str, id: Option<&str>, data: &str) -> PublishRequest {
+        PublishRequest {
+            room: room.into(),
+            from: Some(from.into()),
+            data: RawValue::from_string(data.to_owned()).unwrap(),
+            id: id.map(Into::into),
+        }
+    }
+
+    fn broker(size: usize) -> MemoryBroker {
+        MemoryBroker::new(HistoryLimits {
+            size,
+            ttl: Duration::from_secs(60),
+        })
+    }
+
+    #[test]
+    fn sequences_gaplessly_and_dedupes_per_user() {
+        let b = broker(10);
+        assert_eq!(b.publish_now(req("r", "a", Some("1"), "1")).seq, 1);
+        assert_eq!(b.publish_now(req("r", "a", None, "2")).seq, 2);
+        let dup = b.publish_now(req("r", "a", Some("1"), "1"));
+        assert!(dup.duplicate);
+        assert_eq!(dup.seq, 1);
+        // the same id from another user is another message
+        assert_eq!(b.publish_now(req("r", "b", Some("1"), "3")).seq, 3);
+        assert_eq!(b.publish_now(req("other", "a", Some("1"), "1")).seq, 1);
+    }
+
+    #[test]
+    fn replay_reports_recovery_and_epoch_changes() {
+        let b = broker(3);
+        for i in 0..5 {
+            b.publish_now(req("r", "a", None, &i.to_string()));
+        }
+        let full = b.replay_now("r", None, None);
+        assert_eq!((full.seq, full.frames.len(), full.recovered), (5, 0, None));
+        let recent = b.replay_now("r", Some(3), Some(&full.epoch));
+        assert_eq!((recent.frames.len(), recent.recovered), (2, Some(true)));
+        let old = b.replay_now("r", Some(0), None);
+        assert_eq!((old.frames.len(), old.recovered), (3, Some(false)));
+        let other_epoch = b.replay_now("r", Some(3), Some("nope"));
+        assert_eq!(
+            (other_epoch.frames.len(), other_epoch.recovered),
+            (0, Some(false))
+        );
+        let current = b.replay_now("r", Some(5), None);
+        assert_eq!((current.frames.len(), current.recovered), (0, Some(true)));
+    }
+
+    #[test]
+    fn released_rooms_restart_with_a_new_epoch_once_history_is_gone() {
+        let b = broker(0);
+        b.publish_now(req("r", "a", None, "1"));
+        let before = b.replay_now("r", None, None);
+        b.release("r");
+        let after = b.replay_now("r", None, None);
+        assert_eq!(after.seq, 0);
+        assert_ne!(before.epoch, after.epoch);
+    }
+}

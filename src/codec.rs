@@ -1,0 +1,159 @@
+//! Line framing for protocol v1: one JSON object per `\n`-terminated line.
+//!
+//! The splitting itself is tokio-util's [`AnyDelimiterCodec`] with a hard maximum, so a
+//! connection never buffers more than `max_frame` bytes (plus one socket read) while waiting
+//! for a newline. This wrapper only strips an optional `\r` and turns the codec's errors into
+//! ones the session can answer with the right `bye` reason.
+
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder};
+
+/// Why reading frames from a connection stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// A line grew past `max_frame` bytes without a newline.
+    #[error("frame longer than {0} bytes")]
+    FrameTooLarge(usize),
+    /// The socket failed.
+    #[error("read error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Decodes newline-delimited frames of at most `max_frame` bytes (the `\r\n` ending included
+/// leniently: a trailing `\r` is dropped, not counted against the limit).
+#[derive(Debug)]
+pub struct LineCodec {
+    inner: AnyDelimiterCodec,
+    max_frame: usize,
+}
+
+impl LineCodec {
+    /// A codec that rejects lines longer than `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        LineCodec {
+            // One extra byte so that a full-length line ended by `\r\n` still fits.
+            inner: AnyDelimiterCodec::new_with_max_length(
+                b"\n".to_vec(),
+                Vec::new(),
+                max_frame + 1,
+            ),
+            max_frame,
+        }
+    }
+
+    fn finish(&self, line: Bytes) -> Result<Bytes, CodecError> {
+        let line = match line.last() {
+            Some(b'\r') => line.slice(..line.len() - 1),
+            _ => line,
+        };
+        if line.len() > self.max_frame {
+            return Err(CodecError::FrameTooLarge(self.max_frame));
+        }
+        Ok(line)
+    }
+}
+
+impl Decoder for LineCodec {
+    type Item = Bytes;
+    type Error = CodecError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
+        match self.inner.decode(buf) {
+            Ok(Some(line)) => self.finish(line).map(Some),
+            Ok(None) => Ok(None),
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
+                Err(CodecError::FrameTooLarge(self.max_frame))
+            }
+            Err(AnyDelimiterCodecError::Io(e)) => Err(CodecError::Io(e)),
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
+        // A final line without its newline is an incomplete frame: drop it rather than guess.
+        match self.decode(buf)? {
+            Some(line) => Ok(Some(line)),
+            None => {
+                buf.clear();
+                Ok(None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(codec: &mut LineCodec, input: &[u8]) -> Vec<Result<Bytes, String>> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(line)) => out.push(Ok(line)),
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn splits_lines_and_strips_cr() {
+        let mut c = LineCodec::new(64);
+        let got = decode_all(&mut c, b"{\"a\":1}\n{\"b\":2}\r\n{\"c\"");
+        assert_eq!(
+            got,
+            vec![
+                Ok(Bytes::from_static(b"{\"a\":1}")),
+                Ok(Bytes::from_static(b"{\"b\":2}"))
+            ]
+        );
+    }
+
+    #[test]
+    fn line_of_exactly_max_is_accepted_one_more_is_not() {
+        let mut c = LineCodec::new(8);
+        assert_eq!(
+            decode_all(&mut c, b"12345678\n"),
+            vec![Ok(Bytes::from_static(b"12345678"))]
+        );
+        let mut c = LineCodec::new(8);
+        assert_eq!(
+            decode_all(&mut c, b"12345678\r\n"),
+            vec![Ok(Bytes::from_static(b"12345678"))]
+        );
+        let mut c = LineCodec::new(8);
+        assert!(decode_all(&mut c, b"123456789\n")[0].is_err());
+    }
+
+    #[test]
+    fn overlong_line_without_newline_errors_before_buffering_more() {
+        let mut c = LineCodec::new(8);
+        let mut buf = BytesMut::from(&b"1234567890"[..]);
+        assert!(matches!(
+            c.decode(&mut buf),
+            Err(CodecError::FrameTooLarge(8))
+        ));
+    }
+
+    #[test]
+    fn split_at_every_point_gives_same_frames() {
+        let input = b"{\"type\":\"ping\",\"seq\":1}\r\n{\"type\":\"pong\"}\n";
+        for cut in 0..input.len() {
+            let mut c = LineCodec::new(64);
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            for part in [&input[..cut], &input[cut..]] {
+                buf.extend_from_slice(part);
+                while let Some(line) = c.decode(&mut buf).unwrap() {
+                    out.push(line);
+                }
+            }
+            assert_eq!(out.len(), 2, "cut at {cut}");
+            assert_eq!(&out[1][..], b"{\"type\":\"pong\"}");
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Server configuration: every limit and timer in one validated struct.
+//!
+//! A [`Config`] is built from defaults, then a TOML file, then `HEARTWIRE_*` environment
+//! variables and command-line flags (the binary does the layering). [`Config::validate`] runs
+//! before anything starts so that a bad value is reported by key instead of surfacing later as
+//! odd behaviour.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything a heartwire server can be told. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the TCP listener; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Time between two server pings.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Consecutive missed pings after which a silent client is closed.
+    pub max_missed: u32,
+    /// Time a new connection has to send `hello`.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Longest accepted line in bytes, announced in `welcome`.
+    pub max_frame: usize,
+    /// Invalid lines tolerated before the connection is closed with `protocol_error`.
+    pub max_bad_frames: u32,
+    /// Worker arbiters (threads) that sessions are spread over; 0 means one per core.
+    pub workers: usize,
+    /// Outbound bytes a session may have queued before it is closed as a slow consumer.
+    pub outbound_budget: usize,
+    /// Longest time the server keeps writing queued frames to a closing connection.
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
+    /// Messages kept per room for `since` recovery and publish-id dedupe.
+    pub history_size: usize,
+    /// Age after which a message leaves a room's history.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Interval of the registry sweep that removes dead sessions and empty rooms.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Longest graceful shutdown before the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Base of the `reconnect_ms` hint sent with `bye{reason:"shutdown"}`; each session gets a
+    /// random value between this and twice this, so clients do not return all at once.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_reconnect: Duration,
+    /// Listen backlog.
+    pub backlog: u32,
+    /// TCP keep-alive and `TCP_USER_TIMEOUT` settings; derived from the heartbeat when unset.
+    pub tcp: TcpConfig,
+    /// Name reported in `welcome.server`.
+    pub server_name: String,
+}
+
+/// Kernel-level liveness settings applied to every accepted socket.
+///
+/// Unset values are derived from the heartbeat (see [`Config::keepalive`]) so that the kernel
+/// gives up on a dead peer no later than the application heartbeat would.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpConfig {
+    /// Idle time before the first keep-alive probe.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_idle: Option<Duration>,
+    /// Time between keep-alive probes.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Option<Duration>,
+    /// Unanswered probes before the kernel drops the connection.
+    pub keepalive_retries: Option<u32>,
+    /// Longest time written data may stay unacknowledged (`TCP_USER_TIMEOUT`).
+    #[serde(with = "humantime_serde")]
+    pub user_timeout: Option<Duration>,
+}
+
+/// Keep-alive values resolved from [`TcpConfig`] and the heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Probes before giving up.
+    pub retries: u32,
+    /// `TCP_USER_TIMEOUT`.
+    pub user_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7700)),
+            heartbeat_interval: Duration::from_secs(30),
+            max_missed: 2,
+            handshake_timeout: Duration::from_secs(10),
+            max_frame: 65536,
+            max_bad_frames: 10,
+            workers: 0,
+            outbound_budget: 1024 * 1024,
+            close_timeout: Duration::from_secs(5),
+            history_size: 1000,
+            history_ttl: Duration::from_secs(300),
+            sweep_interval: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+            shutdown_reconnect: Duration::from_secs(1),
+            backlog: 4096,
+            tcp: TcpConfig::default(),
+            server_name: concat!("heartwire/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+/// A configuration value that cannot work, named by its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key holds a value outside its allowed range.
+    #[error("invalid config `{key}`: {reason}")]
+    Invalid {
+        /// The TOML key (also the flag name with `-` for `_`).
+        key: &'static str,
+        /// What is wrong with the value.
+        reason: String,
+    },
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Path given with `--config`.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has an unknown key or a mistyped value.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// Path given with `--config`.
+        path: String,
+        /// The parser's message, which names the key.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; keys it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; keys it leaves out keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks every value; the error names the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ms = Duration::from_millis(1);
+        if self.heartbeat_interval < ms {
+            return Err(invalid("heartbeat_interval", "must be at least 1ms"));
+        }
+        if self.max_missed == 0 {
+            return Err(invalid("max_missed", "must be at least 1"));
+        }
+        if self.handshake_timeout < ms {
+            return Err(invalid("handshake_timeout", "must be at least 1ms"));
+        }
+        if !(64..=16 * 1024 * 1024).contains(&self.max_frame) {
+            return Err(invalid(
+                "max_frame",
+                "must be between 64 and 16777216 bytes",
+            ));
+        }
+        if self.workers > 1024 {
+            return Err(invalid("workers", "must be at most 1024"));
+        }
+        if self.outbound_budget < self.max_frame {
+            return Err(invalid(
+                "outbound_budget",
+                format!("must be at least max_frame ({} bytes)", self.max_frame),
+            ));
+        }
+        if self.history_size > 1_000_000 {
+            return Err(invalid("history_size", "must be at most 1000000"));
+        }
+        if self.sweep_interval < ms {
+            return Err(invalid("sweep_interval", "must be at least 1ms"));
+        }
+        if self.backlog == 0 {
+            return Err(invalid("backlog", "must be at least 1"));
+        }
+        if self.tcp.keepalive_retries == Some(0) {
+            return Err(invalid("tcp.keepalive_retries", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("tcp.keepalive_idle", self.tcp.keepalive_idle),
+            ("tcp.keepalive_interval", self.tcp.keepalive_interval),
+        ] {
+            if value.is_some_and(|d| d < Duration::from_secs(1)) {
+                return Err(invalid(
+                    key,
+                    "must be at least 1s (the kernel counts in seconds)",
+                ));
+            }
+        }
+        if self.server_name.is_empty() {
+            return Err(invalid("server_name", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Number of worker arbiters: `workers`, or the number of cores when it is 0.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// Silence after which a peer is certainly dead: `(max_missed + 1) × heartbeat_interval`.
+    pub fn dead_after(&self) -> Duration {
+        self.heartbeat_interval * (self.max_missed + 1)
+    }
+
+    /// Keep-alive settings for accepted sockets.
+    ///
+    /// By default the kernel starts probing after one heartbeat interval of idleness and gives
+    /// up (and `TCP_USER_TIMEOUT` fires) by `(max_missed + 1) × interval`: no later than the
+    /// heartbeat would. The kernel counts whole seconds, so each value is at least 1 s.
+    pub fn keepalive(&self) -> Keepalive {
+        let secs = |d: Duration| Duration::from_secs(d.as_secs().max(1));
+        let dead = secs(self.dead_after());
+        let idle = self
+            .tcp
+            .keepalive_idle
+            .unwrap_or_else(|| secs(self.heartbeat_interval));
+        let retries = self.tcp.keepalive_retries.unwrap_or(self.max_missed.max(1));
+        let interval = self
+            .tcp
+            .keepalive_interval
+            .unwrap_or_else(|| secs(dead.saturating_sub(idle) / retries));
+        Keepalive {
+            idle,
+            interval,
+            retries,
+            user_timeout: self.tcp.user_timeout.unwrap_or(dead),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_and_names_bad_keys() {
+        let c = Config::from_toml("heartbeat_interval = \"200ms\"\nmax_missed = 3\n").unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(200));
+        assert_eq!(c.max_missed, 3);
+        assert_eq!(c.max_frame, 65536);
+        let err = Config::from_toml("max_mised = 3").unwrap_err();
+        assert!(err.contains("max_mised"), "{err}");
+        let err = Config {
+            max_missed: 0,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("max_missed"), "{err}");
+    }
+
+    #[test]
+    fn keepalive_derives_from_heartbeat() {
+        let k = Config::default().keepalive();
+        assert_eq!(k.idle, Duration::from_secs(30));
+        assert_eq!(k.retries, 2);
+        assert_eq!(k.interval, Duration::from_secs(30));
+        assert_eq!(k.user_timeout, Duration::from_secs(90));
+        assert!(k.idle + k.interval * k.retries <= Config::default().dead_after());
+    }
+}

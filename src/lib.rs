@@ -1,0 +1,36 @@
+//! heartwire: long-lived TCP connections that stay healthy.
+//!
+//! A chat/push server and library built on actix actors. Every connection is a
+//! [`Session`] actor with its own heartbeat; a supervised [`Registry`] actor tracks users and
+//! rooms and fans messages out; a [`Broker`] sequences room messages and keeps the history
+//! that lets clients recover after a reconnect. The wire protocol (newline-delimited JSON)
+//! is described in `PROTOCOL.md`.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), heartwire::StartError> {
+//! let server = heartwire::ServerBuilder::new(heartwire::Config::default()).start()?;
+//! println!("listening on {}", server.local_addr());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod broker;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod handler;
+pub mod heartbeat;
+pub mod outbox;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod session;
+
+pub use broker::{Broker, MemoryBroker};
+pub use config::Config;
+pub use handler::{AppFrame, FrameHandler};
+pub use protocol::{ByeReason, ErrorCode};
+pub use registry::{Registry, SessionId};
+pub use server::{ServerBuilder, ServerHandle, StartError};
+pub use session::Session;

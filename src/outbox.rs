@@ -1,0 +1,304 @@
+//! The bounded outbound path of a session.
+//!
+//! `actix::io::FramedWrite` buffers without limit when the peer stops reading, so sessions
+//! never use it. Every frame for a connection (its own answers and the registry's fan-out)
+//! is pushed into that connection's [`Outbox`]: a byte-counted queue shared between threads.
+//! One writer task per connection drains it, coalescing whatever is queued into a single
+//! write. When a push would take the queue past its byte budget the outbox refuses it,
+//! queues `bye{reason:"slow_consumer"}` and starts closing, so a peer that never reads costs
+//! at most its budget. Closing always writes what was queued before the `bye` first, within
+//! `close_timeout`, then shuts the socket down.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::protocol::{ByeReason, Outbound};
+
+/// Largest single write the writer assembles from queued frames.
+const MAX_BATCH: usize = 64 * 1024;
+
+/// A connection's outbound queue; cheap to share (`Arc`) with the registry.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    /// Wakes the writer when frames arrive after it found the queue empty.
+    wake: Notify,
+    /// Wakes a writer blocked on a full socket when the connection starts closing.
+    closed: Notify,
+    budget: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Bytes>,
+    /// Bytes queued or being written.
+    queued: usize,
+    closing: Option<ByeReason>,
+}
+
+/// How the writer task ended.
+#[derive(Debug)]
+pub enum WriterExit {
+    /// Everything up to the `bye` was written and the socket shut down.
+    Closed(ByeReason),
+    /// The closing flush did not finish within `close_timeout`.
+    TimedOut(ByeReason),
+    /// The socket failed (usually the peer is gone).
+    Failed(std::io::Error),
+}
+
+impl Outbox {
+    /// An empty outbox that holds at most `budget` bytes.
+    pub fn new(budget: usize) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            closed: Notify::new(),
+            budget,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent: every update
+        // is a single push or pop, so a poisoned lock is still safe to use.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues one encoded frame. Returns `false` when the frame was not queued: the
+    /// connection is closing, or this frame overflowed the budget (which starts a
+    /// `slow_consumer` close).
+    pub fn push(&self, frame: Bytes) -> bool {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return false;
+        }
+        if state.queued + frame.len() > self.budget {
+            tracing::debug!(
+                queued = state.queued,
+                budget = self.budget,
+                "outbound budget exceeded"
+            );
+            Self::begin_close(&mut state, ByeReason::SlowConsumer, None);
+            drop(state);
+            self.wake_for_close();
+            return false;
+        }
+        let was_idle = state.queue.is_empty();
+        state.queued += frame.len();
+        state.queue.push_back(frame);
+        drop(state);
+        if was_idle {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Queues `bye{reason, reconnect_ms}` after what is already queued and starts closing.
+    /// Returns `false` if the outbox was already closing (the first reason wins).
+    pub fn close(&self, reason: ByeReason, reconnect_ms: Option<u64>) -> bool {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return false;
+        }
+        Self::begin_close(&mut state, reason, reconnect_ms);
+        drop(state);
+        self.wake_for_close();
+        true
+    }
+
+    /// Starts closing without a `bye`: the peer asked to leave or is already gone.
+    pub fn close_silently(&self, reason: ByeReason) {
+        let mut state = self.lock();
+        if state.closing.is_none() {
+            state.closing = Some(reason);
+            drop(state);
+            self.wake_for_close();
+        }
+    }
+
+    fn wake_for_close(&self) {
+        self.wake.notify_one();
+        self.closed.notify_one();
+    }
+
+    fn begin_close(state: &mut State, reason: ByeReason, reconnect_ms: Option<u64>) {
+        let bye = Outbound::Bye {
+            reason,
+            reconnect_ms,
+        }
+        .encode();
+        // The bye may exceed the budget by its own few bytes: it is the last frame.
+        state.queued += bye.len();
+        state.queue.push_back(bye);
+        state.closing = Some(reason);
+    }
+
+    /// Bytes queued and not yet written to the socket.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().queued
+    }
+
+    /// The reason the outbox is closing, if it is.
+    pub fn closing(&self) -> Option<ByeReason> {
+        self.lock().closing
+    }
+
+    /// Drains the outbox into `sink` until the connection closes. Runs as one task per
+    /// connection; it ends when the closing flush is done, times out, or the socket fails.
+    pub async fn run_writer<W>(self: Arc<Self>, mut sink: W, close_timeout: Duration) -> WriterExit
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let (batch, closing) = self.take_batch();
+            if closing.is_some() && deadline.is_none() {
+                deadline = Some(Instant::now() + close_timeout);
+            }
+            if batch.is_empty() {
+                if let Some(reason) = closing {
+                    // Best effort: the peer may already be gone.
+                    let _ = with_deadline(deadline, sink.shutdown()).await;
+                    return WriterExit::Closed(reason);
+                }
+                self.wake.notified().await;
+                continue;
+            }
+            let written: usize = batch.iter().map(Bytes::len).sum();
+            let result = match batch.as_slice() {
+                [one] => {
+                    self.write(&mut sink, one, &mut deadline, close_timeout)
+                        .await
+                }
+                many => {
+                    let mut joined = BytesMut::with_capacity(written);
+                    many.iter().for_each(|f| joined.extend_from_slice(f));
+                    self.write(&mut sink, &joined, &mut deadline, close_timeout)
+                        .await
+                }
+            };
+            self.lock().queued -= written;
+            match result {
+                Ok(true) => {}
+                Ok(false) => {
+                    let reason = self.closing().unwrap_or(ByeReason::Normal);
+                    return WriterExit::TimedOut(reason);
+                }
+                Err(e) => return WriterExit::Failed(e),
+            }
+        }
+    }
+
+    /// Takes up to [`MAX_BATCH`] bytes of queued frames, and the closing reason if any.
+    fn take_batch(&self) -> (Vec<Bytes>, Option<ByeReason>) {
+        let mut state = self.lock();
+        let mut batch = Vec::new();
+        let mut size = 0;
+        while let Some(frame) = state.queue.front() {
+            if !batch.is_empty() && size + frame.len() > MAX_BATCH {
+                break;
+            }
+            size += frame.len();
+            batch.extend(state.queue.pop_front());
+        }
+        (batch, state.closing)
+    }
+
+    /// Writes `buf`; returns `Ok(false)` if the closing deadline passed first. A close that
+    /// starts while the write is blocked (a peer that stopped reading) arms the deadline.
+    async fn write<W: AsyncWrite + Unpin>(
+        &self,
+        sink: &mut W,
+        buf: &[u8],
+        deadline: &mut Option<Instant>,
+        close_timeout: Duration,
+    ) -> std::io::Result<bool> {
+        let write = sink.write_all(buf);
+        tokio::pin!(write);
+        loop {
+            match *deadline {
+                Some(at) => {
+                    return match tokio::time::timeout_at(at, &mut write).await {
+                        Ok(result) => result.map(|()| true),
+                        Err(_elapsed) => Ok(false),
+                    }
+                }
+                None => tokio::select! {
+                    result = &mut write => return result.map(|()| true),
+                    () = self.closed.notified() => {
+                        *deadline = Some(Instant::now() + close_timeout);
+                    }
+                },
+            }
+        }
+    }
+}
+
+async fn with_deadline<F: std::future::Future>(
+    deadline: Option<Instant>,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, fut).await,
+        None => Ok(fut.await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn writes_in_order_then_bye_then_eof() {
+        let outbox = Outbox::new(1024);
+        let (client, server) = tokio::io::duplex(64);
+        let (mut rx, _) = tokio::io::split(client);
+        let writer = tokio::spawn(outbox.clone().run_writer(server, Duration::from_secs(5)));
+        assert!(outbox.push(Bytes::from_static(b"a\n")));
+        assert!(outbox.push(Bytes::from_static(b"b\n")));
+        assert!(outbox.close(ByeReason::Normal, Some(5)));
+        assert!(!outbox.push(Bytes::from_static(b"late\n")));
+        let mut got = String::new();
+        rx.read_to_string(&mut got).await.unwrap();
+        assert_eq!(
+            got,
+            "a\nb\n{\"type\":\"bye\",\"reason\":\"normal\",\"reconnect_ms\":5}\n"
+        );
+        assert!(matches!(
+            writer.await.unwrap(),
+            WriterExit::Closed(ByeReason::Normal)
+        ));
+        assert_eq!(outbox.queued_bytes(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_reading_peer_is_bounded_and_cut_off() {
+        let outbox = Outbox::new(100);
+        // The peer never reads: the pipe holds 16 bytes, the outbox at most 100.
+        let (_client, server) = tokio::io::duplex(16);
+        let writer = tokio::spawn(outbox.clone().run_writer(server, Duration::from_secs(1)));
+        let mut accepted = 0;
+        for _ in 0..1000 {
+            if outbox.push(Bytes::from_static(b"0123456789\n")) {
+                accepted += 1;
+            }
+            tokio::task::yield_now().await;
+            assert!(outbox.queued_bytes() <= 100 + 64);
+        }
+        assert!(accepted < 20, "accepted {accepted}");
+        assert_eq!(outbox.closing(), Some(ByeReason::SlowConsumer));
+        assert!(matches!(
+            writer.await.unwrap(),
+            WriterExit::TimedOut(ByeReason::SlowConsumer)
+        ));
+    }
+}

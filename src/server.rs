@@ -1,0 +1,280 @@
+//! Starting and stopping a server: the listener, the accept loop, the worker arbiters and
+//! the supervised registry.
+//!
+//! The listener is built with socket2 (`SO_REUSEADDR`, a configurable backlog) and every
+//! accepted socket gets `TCP_NODELAY`, keep-alive and `TCP_USER_TIMEOUT` derived from the
+//! heartbeat (see [`Config::keepalive`]). Sessions are spread round-robin over `workers`
+//! arbiters. Accept errors never end the loop: running out of file descriptors is logged and
+//! waited out, a connection aborted before accept is skipped.
+//!
+//! [`ServerHandle::shutdown`] is the graceful path: stop accepting, `bye{reason:"shutdown"}`
+//! to every session with a jittered `reconnect_ms`, and wait until all are gone or the drain
+//! timeout passes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_rt::Arbiter;
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, HistoryLimits, MemoryBroker};
+use crate::config::{Config, ConfigError, Keepalive};
+use crate::handler::{FrameHandler, Handlers};
+use crate::registry::{Drain, Registry};
+use crate::session::{Session, SessionShared};
+
+/// Builds the broker inside the registry's arbiter (brokers need not be `Send`).
+type BrokerFactory = Box<dyn FnOnce(&Config) -> Rc<dyn Broker> + Send>;
+
+/// Configures and starts a server. Call [`ServerBuilder::start`] inside a running actix
+/// `System` (for example under `#[actix_rt::main]` or in an actix-web app).
+pub struct ServerBuilder {
+    config: Config,
+    handlers: Handlers,
+    broker: Option<BrokerFactory>,
+}
+
+/// Why a server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listener could not be set up.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The socket error.
+        source: io::Error,
+    },
+}
+
+impl ServerBuilder {
+    /// A builder with `config` and no application handlers.
+    pub fn new(config: Config) -> Self {
+        ServerBuilder {
+            config,
+            handlers: Handlers::default(),
+            broker: None,
+        }
+    }
+
+    /// Routes frames of `kind` (a type protocol v1 does not define) to `handler`.
+    pub fn frame_handler(mut self, kind: impl Into<String>, handler: impl FrameHandler) -> Self {
+        self.handlers.insert(kind, handler);
+        self
+    }
+
+    /// Replaces the embedded [`MemoryBroker`]; `make` runs on the registry's arbiter.
+    pub fn broker<B, F>(mut self, make: F) -> Self
+    where
+        B: Broker,
+        F: FnOnce(&Config) -> B + Send + 'static,
+    {
+        self.broker = Some(Box::new(move |config| {
+            Rc::new(make(config)) as Rc<dyn Broker>
+        }));
+        self
+    }
+
+    /// Validates the configuration, binds the listener and starts the registry, the
+    /// workers and the accept loop.
+    pub fn start(self) -> Result<ServerHandle, StartError> {
+        let config = self.config;
+        config.validate()?;
+        let listener = bind(&config).map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+
+        let registry_arbiter = Arbiter::new();
+        let make_broker = self.broker.unwrap_or_else(|| {
+            Box::new(|config: &Config| {
+                Rc::new(MemoryBroker::new(HistoryLimits {
+                    size: config.history_size,
+                    ttl: config.history_ttl,
+                })) as Rc<dyn Broker>
+            })
+        });
+        let registry_config = config.clone();
+        let registry = Registry::start_supervised(&registry_arbiter.handle(), move || {
+            let broker = make_broker(&registry_config);
+            Registry::new(broker, registry_config.sweep_interval)
+        });
+
+        let workers: Vec<Arbiter> = (0..config.worker_count()).map(|_| Arbiter::new()).collect();
+        let shared = SessionShared::new(config.clone(), registry.clone(), self.handlers);
+        let stop_accepting = CancellationToken::new();
+        let accept = AcceptLoop {
+            listener,
+            shared,
+            workers: workers.iter().map(Arbiter::handle).collect(),
+            keepalive: config.keepalive(),
+            stop: stop_accepting.clone(),
+        };
+        actix_rt::spawn(accept.run());
+        tracing::info!(%local_addr, workers = workers.len(), "listening");
+
+        Ok(ServerHandle {
+            local_addr,
+            registry,
+            stop_accepting,
+            drain_timeout: config.drain_timeout,
+            shutdown_reconnect: config.shutdown_reconnect,
+            arbiters: Arc::new(std::sync::Mutex::new(
+                workers.into_iter().chain([registry_arbiter]).collect(),
+            )),
+        })
+    }
+}
+
+fn bind(config: &Config) -> io::Result<TcpListener> {
+    let addr = config.listen;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX))?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Applies the per-connection socket options.
+fn tune(stream: &TcpStream, keepalive: &Keepalive) -> io::Result<()> {
+    let sock = SockRef::from(stream);
+    sock.set_tcp_nodelay(true)?;
+    let params = TcpKeepalive::new()
+        .with_time(keepalive.idle)
+        .with_interval(keepalive.interval)
+        .with_retries(keepalive.retries);
+    sock.set_tcp_keepalive(&params)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout(Some(keepalive.user_timeout))?;
+    Ok(())
+}
+
+struct AcceptLoop {
+    listener: TcpListener,
+    shared: Arc<SessionShared>,
+    workers: Vec<actix_rt::ArbiterHandle>,
+    keepalive: Keepalive,
+    stop: CancellationToken,
+}
+
+impl AcceptLoop {
+    async fn run(self) {
+        let mut next = 0usize;
+        loop {
+            let accepted = tokio::select! {
+                () = self.stop.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    let pause = accept_error_pause(&error);
+                    tracing::warn!(%error, pause_ms = pause.as_millis() as u64, "accept failed");
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            };
+            if let Err(error) = tune(&stream, &self.keepalive) {
+                tracing::debug!(%peer, %error, "socket options not applied");
+            }
+            // A tokio socket belongs to the runtime that registered it: hand the worker a std
+            // socket and let it register there.
+            let std_stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "cannot move accepted socket to a worker");
+                    continue;
+                }
+            };
+            let shared = self.shared.clone();
+            let worker = &self.workers[next % self.workers.len()];
+            next = next.wrapping_add(1);
+            let spawned = worker.spawn(async move {
+                match TcpStream::from_std(std_stream) {
+                    Ok(stream) => {
+                        Session::start(stream, peer, shared);
+                    }
+                    Err(error) => tracing::warn!(%peer, %error, "cannot register socket"),
+                }
+            });
+            if !spawned {
+                tracing::error!("worker arbiter is gone; stopping accept loop");
+                break;
+            }
+        }
+        tracing::info!("stopped accepting");
+    }
+}
+
+/// How long to wait after an accept error: out of descriptors or memory needs time for
+/// connections to close; anything else is about one connection and needs none.
+fn accept_error_pause(error: &io::Error) -> Duration {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const ENOBUFS: i32 = 105;
+    const ENOMEM: i32 = 12;
+    match error.raw_os_error() {
+        Some(EMFILE | ENFILE | ENOBUFS | ENOMEM) => Duration::from_millis(100),
+        _ => Duration::from_millis(1),
+    }
+}
+
+/// A running server: its address, its registry, and the way to stop it.
+#[derive(Clone)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    registry: Addr<Registry>,
+    stop_accepting: CancellationToken,
+    drain_timeout: Duration,
+    shutdown_reconnect: Duration,
+    arbiters: Arc<std::sync::Mutex<Vec<Arbiter>>>,
+}
+
+impl ServerHandle {
+    /// The address the listener is bound to (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The registry, to publish, send, kick or query from the application.
+    pub fn registry(&self) -> &Addr<Registry> {
+        &self.registry
+    }
+
+    /// Graceful shutdown: stops accepting, sends every session `bye{reason:"shutdown"}` and
+    /// waits until all are closed or `drain_timeout` passes. Returns `true` when every session
+    /// closed in time. The worker arbiters are stopped afterwards.
+    pub async fn shutdown(&self) -> bool {
+        self.stop_accepting.cancel();
+        let drain = self.registry.send(Drain {
+            reconnect_ms: self.shutdown_reconnect.as_millis() as u64,
+        });
+        let drained = matches!(
+            tokio::time::timeout(self.drain_timeout, drain).await,
+            Ok(Ok(()))
+        );
+        if !drained {
+            tracing::warn!(timeout = ?self.drain_timeout, "drain timed out; closing the rest");
+        }
+        let arbiters =
+            std::mem::take(&mut *self.arbiters.lock().unwrap_or_else(|p| p.into_inner()));
+        for arbiter in arbiters {
+            arbiter.stop();
+        }
+        drained
+    }
+}
