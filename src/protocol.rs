@@ -494,10 +494,17 @@ mod tests {
     fn deep_nesting_never_overflows_the_stack() {
         let deep = |kind: &str| {
             let n = 100_000;
-            format!(r#"{{"type":"{kind}","room":{}{}}}"#, "[".repeat(n), "]".repeat(n))
+            format!(
+                r#"{{"type":"{kind}","room":{}{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
         };
         // skipped as an unknown field or kept raw: no recursion
-        assert!(matches!(Inbound::parse(deep("custom").as_bytes()), Ok(Inbound::Other { .. })));
+        assert!(matches!(
+            Inbound::parse(deep("custom").as_bytes()),
+            Ok(Inbound::Other { .. })
+        ));
         // decoded into a typed field: serde_json's depth limit turns it into an error
         assert!(matches!(
             Inbound::parse(deep("subscribe").as_bytes()),

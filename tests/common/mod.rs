@@ -1,0 +1,158 @@
+//! Test harness: a real server on port 0 and a raw line-oriented client over real sockets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use heartwire::{Config, ServerBuilder, ServerHandle};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Longest wait for anything a test expects; generous for a loaded 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A config for tests: loopback, port 0, fast heartbeat unless a test changes it.
+pub fn config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        heartbeat_interval: Duration::from_secs(5),
+        workers: 2,
+        sweep_interval: Duration::from_secs(3600),
+        ..Config::default()
+    }
+}
+
+/// Starts a server with `config` inside the current actix System.
+pub fn start(config: Config) -> ServerHandle {
+    ServerBuilder::new(config).start().expect("server starts")
+}
+
+/// A raw protocol client.
+pub struct Client {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    /// Answer server pings automatically while waiting in `recv_type`.
+    pub auto_pong: bool,
+    line: String,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (r, w) = stream.into_split();
+        Client {
+            reader: BufReader::new(r),
+            writer: w,
+            auto_pong: true,
+            line: String::new(),
+        }
+    }
+
+    /// Connects and completes the handshake as `user`; returns the client and its welcome.
+    pub async fn hello(addr: SocketAddr, user: &str) -> (Client, Value) {
+        let mut c = Client::connect(addr).await;
+        c.send(json!({"type": "hello", "user": user})).await;
+        let welcome = c.recv_type("welcome").await;
+        (c, welcome)
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_raw(format!("{frame}\n").as_bytes()).await;
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.expect("write");
+    }
+
+    /// Next frame, or `None` at EOF. Panics after [`PATIENCE`].
+    pub async fn try_recv(&mut self) -> Option<Value> {
+        self.try_recv_within(PATIENCE)
+            .await
+            .unwrap_or_else(|| panic!("no frame within {PATIENCE:?}"))
+    }
+
+    /// `Some(next frame or None at EOF)`, or `None` if nothing came within `wait`.
+    pub async fn try_recv_within(&mut self, wait: Duration) -> Option<Option<Value>> {
+        self.line.clear();
+        match tokio::time::timeout(wait, self.reader.read_line(&mut self.line)).await {
+            Err(_) => None,
+            Ok(Ok(0)) | Ok(Err(_)) => Some(None),
+            Ok(Ok(_)) => Some(Some(
+                serde_json::from_str(&self.line)
+                    .unwrap_or_else(|e| panic!("bad JSON {:?}: {e}", self.line)),
+            )),
+        }
+    }
+
+    /// Next frame; panics at EOF.
+    pub async fn recv(&mut self) -> Value {
+        self.try_recv().await.expect("connection closed")
+    }
+
+    /// Next frame that is not a server ping (answering pings when `auto_pong`).
+    pub async fn recv_non_ping(&mut self) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == "ping" {
+                if self.auto_pong {
+                    let seq = frame["seq"].clone();
+                    self.send(json!({"type": "pong", "seq": seq})).await;
+                }
+                continue;
+            }
+            return frame;
+        }
+    }
+
+    /// Skips pings and returns the next frame, asserting its type.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        let frame = self.recv_non_ping().await;
+        assert_eq!(frame["type"], kind, "expected {kind}, got {frame}");
+        frame
+    }
+
+    /// Reads until EOF (answering nothing); returns the frames seen, pings excluded.
+    pub async fn until_closed(&mut self) -> Vec<Value> {
+        let mut seen = Vec::new();
+        while let Some(frame) = self.try_recv().await {
+            if frame["type"] != "ping" {
+                seen.push(frame);
+            }
+        }
+        seen
+    }
+
+    /// Asserts that nothing but pings arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        let until = Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.try_recv_within(left).await {
+                None => return,
+                Some(Some(f)) if f["type"] == "ping" => continue,
+                Some(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Polls `check` until it is true or [`PATIENCE`] passes.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + PATIENCE;
+    while Instant::now() < until {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
