@@ -79,6 +79,47 @@ pub struct ServeArgs {
     /// TCP_USER_TIMEOUT [default: (max_missed + 1) × heartbeat interval].
     #[arg(long, env = "HEARTWIRE_TCP_USER_TIMEOUT", value_name = "DUR", value_parser = duration)]
     pub tcp_user_timeout: Option<Duration>,
+    /// Require HS256 tokens signed with this secret (at least 16 bytes) in `hello.token`.
+    #[arg(
+        long,
+        env = "HEARTWIRE_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// Require RS256/ES256 tokens verified with this PEM public key in `hello.token`.
+    #[arg(long, env = "HEARTWIRE_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "HEARTWIRE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, env = "HEARTWIRE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Connections open at once [default: 100000].
+    #[arg(long, env = "HEARTWIRE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections open at once per client IP; 0 = off [default: 0].
+    #[arg(long, env = "HEARTWIRE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Connections accepted per second; 0 = off [default: 0].
+    #[arg(long, env = "HEARTWIRE_ACCEPT_RATE", value_name = "N")]
+    pub accept_rate: Option<u32>,
+    /// Sessions one user may have at once; 0 = off [default: 256].
+    #[arg(long, env = "HEARTWIRE_MAX_SESSIONS_PER_USER", value_name = "N")]
+    pub max_sessions_per_user: Option<usize>,
+    /// Rooms one session may be subscribed to [default: 1024].
+    #[arg(long, env = "HEARTWIRE_MAX_ROOMS_PER_SESSION", value_name = "N")]
+    pub max_rooms_per_session: Option<usize>,
+    /// Frames per second one session may send; 0 = off [default: 0].
+    #[arg(long, env = "HEARTWIRE_MESSAGE_RATE", value_name = "N")]
+    pub message_rate: Option<u32>,
+    /// Burst above --message-rate; 0 = one second's worth [default: 0].
+    #[arg(long, env = "HEARTWIRE_MESSAGE_BURST", value_name = "N")]
+    pub message_burst: Option<u32>,
+    /// End connections after this age (±10%) with `bye{reason:"max_age"}` [default: never].
+    #[arg(long, env = "HEARTWIRE_MAX_CONNECTION_AGE", value_name = "DUR", value_parser = duration)]
+    pub max_connection_age: Option<Duration>,
 }
 
 impl ServeArgs {
@@ -112,7 +153,43 @@ impl ServeArgs {
         c.tcp.keepalive_interval = self.tcp_keepalive_interval.or(c.tcp.keepalive_interval);
         c.tcp.keepalive_retries = self.tcp_keepalive_retries.or(c.tcp.keepalive_retries);
         c.tcp.user_timeout = self.tcp_user_timeout.or(c.tcp.user_timeout);
+        c.auth.jwt_secret = self.jwt_secret.clone().or(c.auth.jwt_secret);
+        c.auth.jwt_public_key = self.jwt_public_key.clone().or(c.auth.jwt_public_key);
+        c.tls.cert = self.tls_cert.clone().or(c.tls.cert);
+        c.tls.key = self.tls_key.clone().or(c.tls.key);
+        let l = &mut c.limits;
+        l.max_connections = self.max_connections.unwrap_or(l.max_connections);
+        l.max_connections_per_ip = self
+            .max_connections_per_ip
+            .unwrap_or(l.max_connections_per_ip);
+        l.accept_rate = self.accept_rate.unwrap_or(l.accept_rate);
+        l.max_sessions_per_user = self
+            .max_sessions_per_user
+            .unwrap_or(l.max_sessions_per_user);
+        l.max_rooms_per_session = self
+            .max_rooms_per_session
+            .unwrap_or(l.max_rooms_per_session);
+        l.message_rate = self.message_rate.unwrap_or(l.message_rate);
+        l.message_burst = self.message_burst.unwrap_or(l.message_burst);
+        l.max_connection_age = self.max_connection_age.or(l.max_connection_age);
         c.validate()?;
         Ok(c)
     }
+}
+
+/// Options of `heartwire token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The HS256 secret the server was given with --jwt-secret.
+    #[arg(long, env = "HEARTWIRE_JWT_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// The user (`sub` claim).
+    #[arg(long)]
+    pub user: String,
+    /// Rooms the token allows (exact names or `prefix*`), comma-separated; all when absent.
+    #[arg(long, value_delimiter = ',')]
+    pub rooms: Option<Vec<String>>,
+    /// Lifetime of the token.
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    pub ttl: Duration,
 }

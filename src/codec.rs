@@ -60,6 +60,11 @@ impl Decoder for LineCodec {
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
         match self.inner.decode(buf) {
             Ok(Some(line)) => self.finish(line).map(Some),
+            // The inner limit leaves room for a `\r` before the `\n`; anything else in that
+            // extra byte already makes the line too long.
+            Ok(None) if buf.len() > self.max_frame && buf[self.max_frame] != b'\r' => {
+                Err(CodecError::FrameTooLarge(self.max_frame))
+            }
             Ok(None) => Ok(None),
             Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
                 Err(CodecError::FrameTooLarge(self.max_frame))
@@ -127,6 +132,19 @@ mod tests {
         );
         let mut c = LineCodec::new(8);
         assert!(decode_all(&mut c, b"123456789\n")[0].is_err());
+    }
+
+    #[test]
+    fn one_byte_over_without_newline_is_too_large_unless_it_is_a_cr() {
+        let mut c = LineCodec::new(8);
+        let mut buf = BytesMut::from(&b"123456789"[..]);
+        assert!(matches!(
+            c.decode(&mut buf),
+            Err(CodecError::FrameTooLarge(8))
+        ));
+        let mut c = LineCodec::new(8);
+        let mut buf = BytesMut::from(&b"12345678\r"[..]);
+        assert!(matches!(c.decode(&mut buf), Ok(None)));
     }
 
     #[test]

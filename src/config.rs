@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::AuthConfig;
+use crate::limits::LimitsConfig;
+use crate::tls::TlsConfig;
+
 /// Everything a heartwire server can be told. Field names are the TOML keys.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -57,6 +61,12 @@ pub struct Config {
     pub tcp: TcpConfig,
     /// Name reported in `welcome.server`.
     pub server_name: String,
+    /// Token authentication; off unless a key is set.
+    pub auth: AuthConfig,
+    /// TLS on the listener; off unless a certificate and key are set.
+    pub tls: TlsConfig,
+    /// Connection, rate and size limits.
+    pub limits: LimitsConfig,
 }
 
 /// Kernel-level liveness settings applied to every accepted socket.
@@ -112,6 +122,9 @@ impl Default for Config {
             backlog: 4096,
             tcp: TcpConfig::default(),
             server_name: concat!("heartwire/", env!("CARGO_PKG_VERSION")).to_owned(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -223,7 +236,7 @@ impl Config {
         if self.server_name.is_empty() {
             return Err(invalid("server_name", "must not be empty"));
         }
-        Ok(())
+        self.limits.validate()
     }
 
     /// Number of worker arbiters: `workers`, or the number of cores when it is 0.

@@ -15,17 +15,20 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod handler;
 pub mod heartbeat;
+pub mod limits;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod tls;
 
 pub use broker::{Broker, MemoryBroker};
 pub use config::Config;

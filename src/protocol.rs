@@ -63,6 +63,14 @@ pub enum ByeReason {
     Unauthorized,
     /// Closed by the operator or the application.
     Kicked,
+    /// Extension: the connection reached `max_connection_age`; reconnect to rebalance.
+    MaxAge,
+    /// Extension: the server is at `max_connections`.
+    ServerFull,
+    /// Extension: too many connections from this address or sessions of this user.
+    TooManyConnections,
+    /// Extension: the client kept sending faster than its rate limit.
+    RateLimited,
 }
 
 impl ByeReason {
@@ -78,6 +86,10 @@ impl ByeReason {
             ByeReason::ProtocolError => "protocol_error",
             ByeReason::Unauthorized => "unauthorized",
             ByeReason::Kicked => "kicked",
+            ByeReason::MaxAge => "max_age",
+            ByeReason::ServerFull => "server_full",
+            ByeReason::TooManyConnections => "too_many_connections",
+            ByeReason::RateLimited => "rate_limited",
         }
     }
 }
@@ -218,10 +230,37 @@ struct Head<'a> {
     id: Option<&'a RawValue>,
 }
 
+/// Size limits checked while parsing; the defaults are the protocol's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Longest room name in bytes.
+    pub room: usize,
+    /// Longest publish/send id in bytes.
+    pub id: usize,
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        FrameLimits {
+            room: MAX_ROOM_LEN,
+            id: MAX_ID_LEN,
+        }
+    }
+}
+
 impl<'a> Inbound<'a> {
-    /// Parses one line (without its newline).
+    /// Parses one line (without its newline) with the protocol's size limits.
     pub fn parse(line: &'a [u8]) -> Result<Inbound<'a>, ParseError> {
-        let head: Head<'a> = serde_json::from_slice(line).map_err(|e| {
+        Self::parse_limited(line, &FrameLimits::default())
+    }
+
+    /// Parses one line (without its newline) with configured size limits.
+    pub fn parse_limited(line: &'a [u8], limits: &FrameLimits) -> Result<Inbound<'a>, ParseError> {
+        // serde_json checks UTF-8 only in strings it decodes, not in fields it skips or
+        // keeps raw; the whole line must be text.
+        let line = std::str::from_utf8(line)
+            .map_err(|_| ParseError::BadFrame("frame is not valid UTF-8".to_owned()))?;
+        let head: Head<'a> = serde_json::from_str(line).map_err(|e| {
             ParseError::BadFrame(if e.is_data() {
                 "frame must be a JSON object with a string `type`".to_owned()
             } else {
@@ -232,10 +271,10 @@ impl<'a> Inbound<'a> {
             .id
             .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
         fn body<'a, T: Deserialize<'a>>(
-            line: &'a [u8],
+            line: &'a str,
             id: &Option<String>,
         ) -> Result<T, ParseError> {
-            serde_json::from_slice(line).map_err(|e| ParseError::BadRequest {
+            serde_json::from_str(line).map_err(|e| ParseError::BadRequest {
                 message: strip_position(&e),
                 id: id.clone(),
             })
@@ -254,18 +293,20 @@ impl<'a> Inbound<'a> {
                 id,
             },
         };
-        frame.check_limits()
+        frame.check_limits(limits)
     }
 
-    fn check_limits(self) -> Result<Self, ParseError> {
+    fn check_limits(self, limits: &FrameLimits) -> Result<Self, ParseError> {
         let bad = |message: &str, id: Option<&Cow<'_, str>>| {
             Err(ParseError::BadRequest {
                 message: message.to_owned(),
                 id: id.map(|s| s.to_string()),
             })
         };
-        let room_ok = |r: &str| !r.is_empty() && r.len() <= MAX_ROOM_LEN;
-        let id_ok = |id: &Option<Cow<'_, str>>| id.as_ref().is_none_or(|i| i.len() <= MAX_ID_LEN);
+        let room_ok = |r: &str| !r.is_empty() && r.len() <= limits.room;
+        let id_ok = |id: &Option<Cow<'_, str>>| id.as_ref().is_none_or(|i| i.len() <= limits.id);
+        let room_msg = || format!("`room` must be 1 to {} bytes", limits.room);
+        let id_msg = || format!("`id` must be at most {} bytes", limits.id);
         match &self {
             Inbound::Hello(h) => {
                 if let Some(user) = &h.user {
@@ -274,23 +315,19 @@ impl<'a> Inbound<'a> {
                     }
                 }
             }
-            Inbound::Subscribe(s) if !room_ok(&s.room) => {
-                return bad("`room` must be 1 to 256 bytes", None)
-            }
-            Inbound::Unsubscribe(s) if !room_ok(&s.room) => {
-                return bad("`room` must be 1 to 256 bytes", None)
-            }
+            Inbound::Subscribe(s) if !room_ok(&s.room) => return bad(&room_msg(), None),
+            Inbound::Unsubscribe(s) if !room_ok(&s.room) => return bad(&room_msg(), None),
             Inbound::Publish(p) => {
                 if !id_ok(&p.id) {
-                    return bad("`id` must be at most 128 bytes", None);
+                    return bad(&id_msg(), None);
                 }
                 if !room_ok(&p.room) {
-                    return bad("`room` must be 1 to 256 bytes", p.id.as_ref());
+                    return bad(&room_msg(), p.id.as_ref());
                 }
             }
             Inbound::Send(s) => {
                 if !id_ok(&s.id) {
-                    return bad("`id` must be at most 128 bytes", None);
+                    return bad(&id_msg(), None);
                 }
                 if s.to.is_empty() || s.to.len() > MAX_USER_LEN {
                     return bad("`to` must be 1 to 128 bytes", s.id.as_ref());

@@ -48,9 +48,28 @@ struct Entry {
     rooms: HashSet<Arc<str>>,
 }
 
+/// Per-user and per-session caps the registry enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryLimits {
+    /// Sessions one user may have at once; 0 = no limit.
+    pub max_sessions_per_user: usize,
+    /// Rooms one session may be subscribed to.
+    pub max_rooms_per_session: usize,
+}
+
+impl Default for RegistryLimits {
+    fn default() -> Self {
+        RegistryLimits {
+            max_sessions_per_user: 0,
+            max_rooms_per_session: usize::MAX,
+        }
+    }
+}
+
 /// The registry actor. Start it with [`Registry::start_supervised`].
 pub struct Registry {
     broker: Rc<dyn Broker>,
+    limits: RegistryLimits,
     sweep_interval: std::time::Duration,
     sessions: HashMap<SessionId, Entry>,
     users: HashMap<Arc<str>, HashSet<SessionId>>,
@@ -64,6 +83,7 @@ impl Registry {
     pub fn new(broker: Rc<dyn Broker>, sweep_interval: std::time::Duration) -> Self {
         Registry {
             broker,
+            limits: RegistryLimits::default(),
             sweep_interval,
             sessions: HashMap::new(),
             users: HashMap::new(),
@@ -71,6 +91,12 @@ impl Registry {
             draining: false,
             drained: Vec::new(),
         }
+    }
+
+    /// Applies per-user and per-session caps.
+    pub fn with_limits(mut self, limits: RegistryLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Starts a registry under a [`Supervisor`] on `arbiter`; `make` builds it there (the broker
@@ -228,6 +254,9 @@ pub enum RegistryError {
     /// The session is not registered (it was swept or never connected).
     #[error("unknown session")]
     UnknownSession,
+    /// The user already has `max_sessions_per_user` sessions.
+    #[error("too many sessions for this user")]
+    UserLimit,
 }
 
 /// A new connection, before its handshake.
@@ -282,6 +311,11 @@ impl Handler<Identify> for Registry {
         if self.draining {
             return Err(RegistryError::Draining);
         }
+        let max = self.limits.max_sessions_per_user;
+        if max > 0 && self.users.get(&msg.user).is_some_and(|s| s.len() >= max) {
+            tracing::info!(user = %msg.user, max, "session refused: max_sessions_per_user reached");
+            return Err(RegistryError::UserLimit);
+        }
         let entry = self
             .sessions
             .get_mut(&msg.id)
@@ -324,37 +358,53 @@ pub struct Subscribe {
 }
 
 impl Handler<Subscribe> for Registry {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
+        let Some(entry) = self.sessions.get(&msg.id) else {
+            return Box::pin(async {});
+        };
+        let max = self.limits.max_rooms_per_session;
+        if entry.rooms.len() >= max && !entry.rooms.contains(&msg.room) {
+            tracing::info!(session = %msg.id, max, "subscribe refused: max_rooms_per_session reached");
+            let message = format!("at most {max} rooms per session");
+            self.push_error(msg.id, ErrorCode::Forbidden, &message, None);
+            return Box::pin(async {});
+        }
         let replay = self
             .broker
             .replay(&msg.room, msg.since, msg.epoch.as_deref());
-        // `wait`: nothing else may reach this room until the subscriber is in it, or a message
-        // could fall between the replay and live delivery.
-        ctx.wait(replay.into_actor(self).map(move |result, act, _| {
-            let replay = match result {
-                Ok(replay) => replay,
-                Err(e) => return act.broker_failed(msg.id, &e, None),
-            };
-            let Some(entry) = act.sessions.get_mut(&msg.id) else {
-                return;
-            };
-            for frame in replay.frames {
-                entry.outbox.push(frame);
-            }
-            entry.outbox.push(
-                Outbound::Subscribed {
-                    room: &msg.room,
-                    seq: replay.seq,
-                    epoch: &replay.epoch,
-                    recovered: replay.recovered,
+        // Nothing else may reach this room until the subscriber is in it, or a message could
+        // fall between the replay and live delivery.
+        let done = self.exclusively(
+            ctx,
+            replay.into_actor(self).map(move |result, act, _| {
+                let replay = match result {
+                    Ok(replay) => replay,
+                    Err(e) => return act.broker_failed(msg.id, &e, None),
+                };
+                let Some(entry) = act.sessions.get_mut(&msg.id) else {
+                    return;
+                };
+                for frame in replay.frames {
+                    entry.outbox.push(frame);
                 }
-                .encode(),
-            );
-            entry.rooms.insert(msg.room.clone());
-            act.rooms.entry(msg.room).or_default().insert(msg.id);
-        }));
+                entry.outbox.push(
+                    Outbound::Subscribed {
+                        room: &msg.room,
+                        seq: replay.seq,
+                        epoch: &replay.epoch,
+                        recovered: replay.recovered,
+                    }
+                    .encode(),
+                );
+                entry.rooms.insert(msg.room.clone());
+                act.rooms.entry(msg.room).or_default().insert(msg.id);
+            }),
+        );
+        Box::pin(async move {
+            done.await;
+        })
     }
 }
 
@@ -402,7 +452,7 @@ pub struct Publish {
 }
 
 impl Handler<Publish> for Registry {
-    type Result = ResponseActFuture<Self, Result<u64, BrokerError>>;
+    type Result = ResponseFuture<Result<u64, BrokerError>>;
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
         let request = PublishRequest {
@@ -414,45 +464,61 @@ impl Handler<Publish> for Registry {
         let room = request.room.clone();
         let ack_id = request.id.clone();
         let fut = self.broker.publish(request);
-        // Sequencing and delivery of one room must not interleave with another publish,
-        // or subscribers could see seqs out of order; `wait` keeps the registry on this one.
-        let (tx, rx) = oneshot::channel();
-        ctx.wait(fut.into_actor(self).map(move |result, act, _| {
-            let outcome = match result {
-                Ok(published) => {
-                    if !published.duplicate {
-                        act.fan_out(&room, &published.frame);
+        // Sequencing and delivery of one room must not interleave with another publish, or
+        // subscribers could see seqs out of order.
+        let done = self.exclusively(
+            ctx,
+            fut.into_actor(self)
+                .map(move |result, act, _| match result {
+                    Ok(published) => {
+                        if !published.duplicate {
+                            act.fan_out(&room, &published.frame);
+                        }
+                        if let (Some(session), Some(id)) = (msg.session, ack_id.as_deref()) {
+                            let ack = Outbound::Ack {
+                                id,
+                                seq: Some(published.seq),
+                                delivered: None,
+                            };
+                            act.push_to(session, ack.encode());
+                        }
+                        Ok(published.seq)
                     }
-                    if let (Some(session), Some(id)) = (msg.session, ack_id.as_deref()) {
-                        let ack = Outbound::Ack {
-                            id,
-                            seq: Some(published.seq),
-                            delivered: None,
-                        };
-                        act.push_to(session, ack.encode());
+                    Err(e) => {
+                        if let Some(session) = msg.session {
+                            act.broker_failed(session, &e, ack_id.as_deref());
+                        }
+                        Err(e)
                     }
-                    Ok(published.seq)
-                }
-                Err(e) => {
-                    if let Some(session) = msg.session {
-                        act.broker_failed(session, &e, ack_id.as_deref());
-                    }
-                    Err(e)
-                }
-            };
-            let _ = tx.send(outcome);
-        }));
-        Box::pin(
-            async move {
-                rx.await
-                    .unwrap_or_else(|_| Err(BrokerError("registry stopped".into())))
-            }
-            .into_actor(self),
-        )
+                }),
+        );
+        Box::pin(async move {
+            done.await
+                .unwrap_or_else(|| Err(BrokerError("registry stopped".into())))
+        })
     }
 }
 
 impl Registry {
+    /// Runs `work` with nothing else reaching the registry until it is done (`ctx.wait`), and
+    /// returns a future of its output, so that the sender's answer comes after the work and
+    /// not when the handler returns.
+    fn exclusively<T, W>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        work: W,
+    ) -> impl std::future::Future<Output = Option<T>>
+    where
+        T: 'static,
+        W: ActorFuture<Self, Output = T> + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        ctx.wait(work.map(move |output, _, _| {
+            let _ = tx.send(output);
+        }));
+        async move { rx.await.ok() }
+    }
+
     fn fan_out(&self, room: &str, frame: &Bytes) {
         for id in self.members_of(room) {
             if let Some(entry) = self.sessions.get(&id) {

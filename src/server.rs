@@ -23,10 +23,13 @@ use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
 use crate::broker::{Broker, HistoryLimits, MemoryBroker};
 use crate::config::{Config, ConfigError, Keepalive};
 use crate::handler::{FrameHandler, Handlers};
-use crate::registry::{Drain, Registry};
+use crate::limits::{ConnectionTracker, Refusal};
+use crate::protocol::{ByeReason, Outbound};
+use crate::registry::{Drain, Registry, RegistryLimits};
 use crate::session::{Session, SessionShared};
 
 /// Builds the broker inside the registry's arbiter (brokers need not be `Send`).
@@ -89,6 +92,14 @@ impl ServerBuilder {
     pub fn start(self) -> Result<ServerHandle, StartError> {
         let config = self.config;
         config.validate()?;
+        let authenticator = Authenticator::from_config(&config.auth)?;
+        if authenticator.is_none() {
+            tracing::warn!(
+                "no authentication configured (auth.jwt_secret or auth.jwt_public_key): \
+                 clients are trusted to be the user they claim in hello"
+            );
+        }
+        let tls = config.tls.acceptor()?;
         let listener = bind(&config).map_err(|source| StartError::Listen {
             addr: config.listen,
             source,
@@ -110,21 +121,32 @@ impl ServerBuilder {
         let registry_config = config.clone();
         let registry = Registry::start_supervised(&registry_arbiter.handle(), move || {
             let broker = make_broker(&registry_config);
-            Registry::new(broker, registry_config.sweep_interval)
+            Registry::new(broker, registry_config.sweep_interval).with_limits(RegistryLimits {
+                max_sessions_per_user: registry_config.limits.max_sessions_per_user,
+                max_rooms_per_session: registry_config.limits.max_rooms_per_session,
+            })
         });
 
         let workers: Vec<Arbiter> = (0..config.worker_count()).map(|_| Arbiter::new()).collect();
-        let shared = SessionShared::new(config.clone(), registry.clone(), self.handlers);
+        let shared = SessionShared::new(
+            config.clone(),
+            registry.clone(),
+            self.handlers,
+            authenticator,
+        );
         let stop_accepting = CancellationToken::new();
         let accept = AcceptLoop {
             listener,
             shared,
+            tls,
+            tracker: ConnectionTracker::new(&config.limits),
+            accept_rate: config.limits.accept_rate_limiter(),
             workers: workers.iter().map(Arbiter::handle).collect(),
             keepalive: config.keepalive(),
             stop: stop_accepting.clone(),
         };
         actix_rt::spawn(accept.run());
-        tracing::info!(%local_addr, workers = workers.len(), "listening");
+        tracing::info!(%local_addr, workers = workers.len(), tls = config.tls.cert.is_some(), "listening");
 
         Ok(ServerHandle {
             local_addr,
@@ -166,6 +188,9 @@ fn tune(stream: &TcpStream, keepalive: &Keepalive) -> io::Result<()> {
 struct AcceptLoop {
     listener: TcpListener,
     shared: Arc<SessionShared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    tracker: Arc<ConnectionTracker>,
+    accept_rate: Option<governor::DefaultDirectRateLimiter>,
     workers: Vec<actix_rt::ArbiterHandle>,
     keepalive: Keepalive,
     stop: CancellationToken,
@@ -175,6 +200,13 @@ impl AcceptLoop {
     async fn run(self) {
         let mut next = 0usize;
         loop {
+            if let Some(rate) = &self.accept_rate {
+                // Waiting here leaves new connections in the listen backlog.
+                tokio::select! {
+                    () = self.stop.cancelled() => break,
+                    () = rate.until_ready() => {}
+                }
+            }
             let accepted = tokio::select! {
                 () = self.stop.cancelled() => break,
                 accepted = self.listener.accept() => accepted,
@@ -185,6 +217,18 @@ impl AcceptLoop {
                     let pause = accept_error_pause(&error);
                     tracing::warn!(%error, pause_ms = pause.as_millis() as u64, "accept failed");
                     tokio::time::sleep(pause).await;
+                    continue;
+                }
+            };
+            let permit = match self.tracker.admit(peer.ip()) {
+                Ok(permit) => permit,
+                Err(refusal) => {
+                    // A TLS client cannot read a plain-text bye: just close.
+                    let bye = self
+                        .tls
+                        .is_none()
+                        .then_some(self.shared.config.shutdown_reconnect);
+                    refuse(&stream, refusal, bye);
                     continue;
                 }
             };
@@ -201,14 +245,26 @@ impl AcceptLoop {
                 }
             };
             let shared = self.shared.clone();
+            let tls = self.tls.clone();
             let worker = &self.workers[next % self.workers.len()];
             next = next.wrapping_add(1);
             let spawned = worker.spawn(async move {
-                match TcpStream::from_std(std_stream) {
-                    Ok(stream) => {
-                        Session::start(stream, peer, shared);
+                let stream = match TcpStream::from_std(std_stream) {
+                    Ok(stream) => stream,
+                    Err(error) => return tracing::warn!(%peer, %error, "cannot register socket"),
+                };
+                let Some(tls) = tls else {
+                    Session::start(stream, peer, shared, Some(permit));
+                    return;
+                };
+                let handshake =
+                    tokio::time::timeout(shared.config.handshake_timeout, tls.accept(stream));
+                match handshake.await {
+                    Ok(Ok(stream)) => {
+                        Session::start(stream, peer, shared, Some(permit));
                     }
-                    Err(error) => tracing::warn!(%peer, %error, "cannot register socket"),
+                    Ok(Err(error)) => tracing::info!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                 }
             });
             if !spawned {
@@ -218,6 +274,26 @@ impl AcceptLoop {
         }
         tracing::info!("stopped accepting");
     }
+}
+
+/// Turns a connection away over a limit: with `reconnect` a best-effort `bye` with a
+/// jittered `reconnect_ms`, then close. The socket is new, so its send buffer takes the line
+/// at once.
+fn refuse(stream: &TcpStream, refusal: Refusal, reconnect: Option<Duration>) {
+    let reason = match refusal {
+        Refusal::ServerFull => ByeReason::ServerFull,
+        Refusal::IpLimit => ByeReason::TooManyConnections,
+    };
+    if let Some(reconnect) = reconnect {
+        let base = reconnect.as_millis() as u64;
+        let bye = Outbound::Bye {
+            reason,
+            reconnect_ms: Some(base + fastrand::u64(0..=base)),
+        }
+        .encode();
+        let _ = stream.try_write(&bye);
+    }
+    tracing::warn!(peer = ?stream.peer_addr().ok(), %reason, "connection refused");
 }
 
 /// How long to wait after an accept error: out of descriptors or memory needs time for

@@ -24,13 +24,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::FramedRead;
 use tracing::Span;
 
+use crate::auth::{AuthError, Authenticator, RoomPolicy};
 use crate::codec::{CodecError, LineCodec};
 use crate::config::Config;
 use crate::handler::{AppFrame, Handlers};
 use crate::heartbeat::{Heartbeat, Tick};
+use crate::limits::ConnectionPermit;
 use crate::outbox::{Outbox, WriterExit};
 use crate::protocol::{
-    encode_line, ByeReason, ErrorCode, HeartbeatInfo, Inbound, Outbound, ParseError,
+    encode_line, ByeReason, ErrorCode, FrameLimits, HeartbeatInfo, Inbound, Outbound, ParseError,
 };
 use crate::registry::{self, Registry, RegistryError, SessionId};
 
@@ -47,6 +49,9 @@ pub struct SessionShared {
     pub registry: Addr<Registry>,
     /// Application frame handlers.
     pub handlers: Handlers,
+    /// Token verification, when authentication is configured.
+    pub authenticator: Option<Authenticator>,
+    frame_limits: FrameLimits,
     /// Prefix of the session ids this process hands out, random per start.
     node: String,
     next_id: AtomicU64,
@@ -54,11 +59,22 @@ pub struct SessionShared {
 
 impl SessionShared {
     /// Shared state for sessions of one server.
-    pub fn new(config: Config, registry: Addr<Registry>, handlers: Handlers) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        registry: Addr<Registry>,
+        handlers: Handlers,
+        authenticator: Option<Authenticator>,
+    ) -> Arc<Self> {
+        let frame_limits = FrameLimits {
+            room: config.limits.max_room_len,
+            id: config.limits.max_id_len,
+        };
         Arc::new(SessionShared {
             config,
             registry,
             handlers,
+            authenticator,
+            frame_limits,
             node: format!("{:06x}", fastrand::u32(..0x100_0000)),
             next_id: AtomicU64::new(1),
         })
@@ -78,6 +94,11 @@ pub struct Session {
     handshake_timer: Option<SpawnHandle>,
     bad_frames: u32,
     closing: bool,
+    /// Rooms the user's token allows; `None` allows all.
+    room_policy: Option<RoomPolicy>,
+    rate: Option<governor::DefaultDirectRateLimiter>,
+    rate_violations: u32,
+    _permit: Option<ConnectionPermit>,
     _writer: AbortOnDrop,
     span: Span,
 }
@@ -92,8 +113,14 @@ impl Drop for AbortOnDrop {
 }
 
 impl Session {
-    /// Starts a session for an accepted connection on the current arbiter.
-    pub fn start<S>(io: S, peer: SocketAddr, shared: Arc<SessionShared>) -> Addr<Session>
+    /// Starts a session for an accepted connection on the current arbiter. The `permit`, if
+    /// any, holds the connection's slot in the connection limits until the session ends.
+    pub fn start<S>(
+        io: S,
+        peer: SocketAddr,
+        shared: Arc<SessionShared>,
+        permit: Option<ConnectionPermit>,
+    ) -> Addr<Session>
     where
         S: AsyncRead + AsyncWrite + 'static,
     {
@@ -113,6 +140,7 @@ impl Session {
                 addr.do_send(WriterDone(exit));
             });
             let codec = LineCodec::new(shared.config.max_frame);
+            let rate = shared.config.limits.session_rate_limiter();
             ctx.add_stream(FramedRead::with_capacity(read, codec, READ_BUFFER));
             Session {
                 id: SessionId(n),
@@ -125,6 +153,10 @@ impl Session {
                 handshake_timer: None,
                 bad_frames: 0,
                 closing: false,
+                room_policy: None,
+                rate,
+                rate_violations: 0,
+                _permit: permit,
                 _writer: AbortOnDrop(writer),
                 span,
             }
@@ -220,7 +252,10 @@ impl Session {
         if let Some(hb) = &mut self.heartbeat {
             hb.received(Instant::now());
         }
-        match Inbound::parse(&line) {
+        if !self.within_rate() {
+            return;
+        }
+        match Inbound::parse_limited(&line, &self.shared.frame_limits) {
             Ok(frame) => self.dispatch(frame, &line, ctx),
             Err(ParseError::BadFrame(message)) => {
                 self.bad_frames += 1;
@@ -234,6 +269,41 @@ impl Session {
                 self.send_error(ErrorCode::BadRequest, &message, id.as_deref());
             }
         }
+    }
+
+    /// Applies the per-session frame rate limit: a frame over the rate is dropped with
+    /// `error{code:"rate_limited"}`; `max_rate_violations` in a row close the session.
+    fn within_rate(&mut self) -> bool {
+        let Some(rate) = &self.rate else {
+            return true;
+        };
+        if rate.check().is_ok() {
+            self.rate_violations = 0;
+            return true;
+        }
+        self.rate_violations += 1;
+        if self.rate_violations == 1 {
+            tracing::info!(parent: &self.span, "rate limit reached");
+        }
+        self.send_error(ErrorCode::RateLimited, "too many frames; slow down", None);
+        if self.rate_violations >= self.shared.config.limits.max_rate_violations {
+            self.close(ByeReason::RateLimited, None);
+        }
+        false
+    }
+
+    /// Refuses a room the user's token does not allow.
+    fn room_allowed(&self, room: &str, id: Option<&str>) -> bool {
+        let allowed = self.room_policy.as_ref().is_none_or(|p| p.allows(room));
+        if !allowed {
+            tracing::info!(parent: &self.span, room, "room not allowed by token");
+            self.send_error(
+                ErrorCode::Forbidden,
+                "your token does not allow this room",
+                id,
+            );
+        }
+        allowed
     }
 
     fn dispatch(&mut self, frame: Inbound<'_>, line: &Bytes, ctx: &mut Context<Self>) {
@@ -253,6 +323,9 @@ impl Session {
                 self.send_error(ErrorCode::BadRequest, "already said hello", None);
             }
             Inbound::Subscribe(s) => {
+                if !self.room_allowed(&s.room, None) {
+                    return;
+                }
                 let msg = registry::Subscribe {
                     id: self.id,
                     room: s.room.into(),
@@ -269,6 +342,9 @@ impl Session {
                 self.ask(ctx, msg, |_, _, ()| {});
             }
             Inbound::Publish(p) => {
+                if !self.room_allowed(&p.room, p.id.as_deref()) {
+                    return;
+                }
                 let msg = registry::Publish {
                     session: Some(self.id),
                     room: p.room.into(),
@@ -314,17 +390,55 @@ impl Session {
     fn dispatch_before_hello(&mut self, frame: Inbound<'_>, ctx: &mut Context<Self>) {
         match frame {
             Inbound::Hello(hello) => {
-                let Some(user) = hello.user else {
-                    self.send_error(ErrorCode::BadRequest, "`user` is required", None);
-                    return;
+                let (user, expires_in) = match &self.shared.authenticator {
+                    Some(auth) => {
+                        let verified = match hello.token.as_deref() {
+                            Some(token) => auth.verify(token),
+                            None => Err(AuthError::Missing),
+                        };
+                        match verified {
+                            Ok(identity) => {
+                                self.room_policy = identity.rooms;
+                                (identity.user, Some(identity.expires_in))
+                            }
+                            Err(error) => {
+                                tracing::info!(parent: &self.span, %error, "authentication failed");
+                                self.send_error(ErrorCode::Unauthorized, &error.to_string(), None);
+                                return self.close(ByeReason::Unauthorized, None);
+                            }
+                        }
+                    }
+                    None => match hello.user {
+                        Some(user) => (Arc::from(user), None),
+                        None => {
+                            self.send_error(ErrorCode::BadRequest, "`user` is required", None);
+                            return;
+                        }
+                    },
                 };
-                let user: Arc<str> = user.into();
                 let msg = registry::Identify {
                     id: self.id,
                     user: user.clone(),
                 };
                 self.ask(ctx, msg, move |act, ctx, result| match result {
-                    Ok(()) => act.welcome(user, ctx),
+                    Ok(()) => {
+                        act.welcome(user, ctx);
+                        if let Some(expires_in) = expires_in {
+                            ctx.run_later(expires_in, |act, _| {
+                                tracing::info!(parent: &act.span, "token expired");
+                                act.send_error(ErrorCode::Unauthorized, "token expired", None);
+                                act.close(ByeReason::Unauthorized, None);
+                            });
+                        }
+                    }
+                    Err(RegistryError::UserLimit) => {
+                        act.send_error(
+                            ErrorCode::Forbidden,
+                            "too many sessions for this user",
+                            None,
+                        );
+                        act.close(ByeReason::TooManyConnections, None);
+                    }
                     Err(RegistryError::Draining) => act.close(ByeReason::Shutdown, None),
                     Err(RegistryError::UnknownSession) => {
                         act.send_error(ErrorCode::Internal, "session lost by the registry", None);
@@ -429,6 +543,12 @@ impl Actor for Session {
                 act.close(ByeReason::Shutdown, Some(reconnect_ms));
             }
         });
+        if let Some(age) = self.shared.config.limits.jittered_max_age() {
+            ctx.run_later(age, move |act, _| {
+                let hint = fastrand::u64(0..=reconnect_ms.max(1));
+                act.close(ByeReason::MaxAge, Some(hint));
+            });
+        }
         let timeout = self.shared.config.handshake_timeout;
         self.handshake_timer = Some(ctx.run_later(timeout, |act, _| {
             if act.user.is_none() {

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use heartwire::cli::ServeArgs;
+use heartwire::cli::{ServeArgs, TokenArgs};
 use heartwire::ServerBuilder;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
@@ -23,7 +23,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the chat/push server (protocol v1, newline-delimited JSON over TCP).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Mint an HS256 token for `hello.token`, for testing a server run with --jwt-secret.
+    Token(TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,7 +37,21 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        Command::Token(args) => token(args),
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    match heartwire::auth::mint(&args.secret, &args.user, args.rooms, args.ttl) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("heartwire: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,0 +1,97 @@
+//! TLS on the TCP listener, with rustls through tokio-rustls.
+//!
+//! The whole dependency tree uses one rustls crypto provider, *ring*, chosen explicitly here
+//! (no process-wide default is installed), so the server and the client library cannot
+//! disagree about which provider is active.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::{self, RootCertStore};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::config::ConfigError;
+
+/// `[tls]` settings: both set serves TLS, neither serves plain TCP.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn invalid(key: &'static str, reason: String) -> ConfigError {
+    ConfigError::Invalid { key, reason }
+}
+
+impl TlsConfig {
+    /// The acceptor this config describes, or `None` for plain TCP.
+    pub fn acceptor(&self) -> Result<Option<TlsAcceptor>, ConfigError> {
+        let (cert, key) = match (&self.cert, &self.key) {
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => {
+                return Err(invalid("tls.key", "tls.cert is set without tls.key".into()))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls.cert",
+                    "tls.key is set without tls.cert".into(),
+                ))
+            }
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect())
+            .map_err(|e| invalid("tls.cert", format!("{}: {e}", cert.display())))?;
+        if chain.is_empty() {
+            return Err(invalid(
+                "tls.cert",
+                format!("{}: no certificate found", cert.display()),
+            ));
+        }
+        let private_key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| invalid("tls.key", format!("{}: {e}", key.display())))?;
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("tls.cert", e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, private_key)
+            .map_err(|e| invalid("tls.key", format!("certificate and key do not fit: {e}")))?;
+        Ok(Some(TlsAcceptor::from(Arc::new(config))))
+    }
+}
+
+/// A TLS connector trusting the CA certificates in `ca_pem` (a PEM file), for clients of a
+/// server with a private CA.
+pub fn connector_with_ca(ca_pem: &std::path::Path) -> Result<TlsConnector, ConfigError> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_pem)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid("tls_ca", format!("{}: {e}", ca_pem.display())))?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| invalid("tls_ca", format!("{}: {e}", ca_pem.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid(
+            "tls_ca",
+            format!("{}: no certificate found", ca_pem.display()),
+        ));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("tls_ca", e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
