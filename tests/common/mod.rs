@@ -156,3 +156,46 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+impl Client {
+    /// Writes `bytes` in pieces of `piece` bytes, each flushed as its own TCP segment
+    /// (`TCP_NODELAY`) with `pause` between them, so the server sees a frame split across
+    /// many reads.
+    pub async fn send_in_pieces(&mut self, bytes: &[u8], piece: usize, pause: Duration) {
+        self.writer
+            .as_ref()
+            .set_nodelay(true)
+            .expect("set TCP_NODELAY");
+        for chunk in bytes.chunks(piece.max(1)) {
+            self.writer.write_all(chunk).await.expect("write");
+            self.writer.flush().await.expect("flush");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Reads frames (skipping pings) until EOF or until `wait` has passed; returns the frames
+    /// seen and whether EOF was reached.
+    pub async fn frames_until_closed_within(&mut self, wait: Duration) -> (Vec<Value>, bool) {
+        let until = Instant::now() + wait;
+        let mut seen = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.try_recv_within(left).await {
+                None => return (seen, false),
+                Some(None) => return (seen, true),
+                Some(Some(f)) if f["type"] == "ping" => continue,
+                Some(Some(f)) => seen.push(f),
+            }
+        }
+    }
+}
+
+/// Completes the handshake as `user` and subscribes to `room`; returns the client and its
+/// `subscribed` frame.
+pub async fn subscriber(addr: SocketAddr, user: &str, room: &str) -> (Client, Value) {
+    let (mut c, _) = Client::hello(addr, user).await;
+    c.send(json!({"type": "subscribe", "room": room})).await;
+    let subscribed = c.recv_type("subscribed").await;
+    assert_eq!(subscribed["room"], room, "{subscribed}");
+    (c, subscribed)
+}
