@@ -8,9 +8,10 @@
 //! into one queue in the order the registry produced them, which is what makes a room's
 //! `seq` gapless on every subscriber.
 //!
-//! The registry runs under [`actix::Supervisor`]. Sessions whose actor died without
-//! unregistering (a panic in a handler skips its `stopping` hook) are found by a periodic
-//! sweep that checks every session's address, and removed with their room memberships.
+//! The registry runs under [`actix::Supervisor`]. It does not rely on sessions to
+//! unregister: a session whose actor is gone without a `Disconnect` (a panic in a handler
+//! may skip its hooks, depending on how the actor is torn down) leaves a closed mailbox, which
+//! a periodic sweep finds with `Addr::connected` and removes with its room memberships.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

@@ -199,3 +199,19 @@ pub async fn subscriber(addr: SocketAddr, user: &str, room: &str) -> (Client, Va
     assert_eq!(subscribed["room"], room, "{subscribed}");
     (c, subscribed)
 }
+
+impl Client {
+    /// Writes raw bytes, reporting a closed connection instead of panicking.
+    pub async fn send_raw_checked(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes).await
+    }
+
+    /// The next raw line (without parsing it); panics at EOF or after [`PATIENCE`].
+    pub async fn recv_raw_line(&mut self) -> String {
+        self.line.clear();
+        match tokio::time::timeout(PATIENCE, self.reader.read_line(&mut self.line)).await {
+            Ok(Ok(n)) if n > 0 => self.line.clone(),
+            other => panic!("no line: {other:?}"),
+        }
+    }
+}
