@@ -215,3 +215,128 @@ impl Client {
         }
     }
 }
+
+/// The registry's current counts.
+pub async fn stats(server: &ServerHandle) -> heartwire::registry::Stats {
+    server
+        .registry()
+        .send(heartwire::registry::GetStats)
+        .await
+        .expect("registry answers")
+}
+
+/// Polls the registry until `check` holds for its stats, or panics after [`PATIENCE`] with
+/// the last stats seen.
+pub async fn eventually_stats<F>(server: &ServerHandle, what: &str, check: F)
+where
+    F: Fn(&heartwire::registry::Stats) -> bool,
+{
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let now = stats(server).await;
+        if check(&now) {
+            return;
+        }
+        if Instant::now() >= until {
+            panic!("timed out waiting for: {what}; last stats {now:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Publishes `data` into `room` through the server API (`from: null`); returns its seq.
+pub async fn server_publish(server: &ServerHandle, room: &str, data: Value) -> u64 {
+    server
+        .registry()
+        .send(heartwire::registry::Publish {
+            session: None,
+            room: room.into(),
+            from: None,
+            data: serde_json::value::to_raw_value(&data).expect("JSON"),
+            id: None,
+        })
+        .await
+        .expect("registry answers")
+        .expect("broker sequences")
+}
+
+/// A raw connection whose receive buffer is tiny, so that the server's writes to it block
+/// soon after it stops reading. Reads and writes whole lines by hand.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    /// Connects with `SO_RCVBUF` set to `rcvbuf` bytes (the kernel may round it up).
+    pub async fn connect_small(addr: SocketAddr, rcvbuf: u32) -> RawClient {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .expect("socket");
+        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("connect");
+        RawClient {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.stream
+            .write_all(format!("{frame}\n").as_bytes())
+            .await
+            .expect("write");
+    }
+
+    /// Reads until a non-ping frame of type `kind` arrives; panics on anything else but pings.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        use tokio::io::AsyncReadExt;
+        let until = Instant::now() + PATIENCE;
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                let frame: Value = serde_json::from_slice(&line).expect("JSON line");
+                if frame["type"] == "ping" {
+                    continue;
+                }
+                assert_eq!(frame["type"], kind, "expected {kind}, got {frame}");
+                return frame;
+            }
+            let mut chunk = [0u8; 4096];
+            let left = until.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, self.stream.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| panic!("no {kind} within {PATIENCE:?}"))
+                .expect("read");
+            assert!(n > 0, "EOF while waiting for {kind}");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads everything until EOF (a reset counts as EOF). Returns the complete lines as
+    /// frames (pings included) and the bytes of an incomplete last line, if the stream was
+    /// cut in the middle of one. Panics if EOF does not come within `wait`.
+    pub async fn read_to_eof(&mut self, wait: Duration) -> (Vec<Value>, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        let until = Instant::now() + wait;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.stream.read(&mut chunk)).await {
+                Err(_) => panic!("no EOF within {wait:?}"),
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let frames = buf[..complete]
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_slice(line).expect("JSON line"))
+            .collect();
+        (frames, buf[complete..].to_vec())
+    }
+}
