@@ -174,4 +174,50 @@ mod tests {
             assert_eq!(&out[1][..], b"{\"type\":\"pong\"}");
         }
     }
+
+    use proptest::prelude::*;
+
+    /// Every frame a codec yields from `input` cut into `cuts`, then the final error if any.
+    fn run(input: &[u8], cuts: &[usize], max: usize) -> (Vec<Bytes>, bool) {
+        let mut codec = LineCodec::new(max);
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        let mut start = 0;
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        points.sort_unstable();
+        points.push(input.len());
+        for end in points {
+            buf.extend_from_slice(&input[start..end.max(start)]);
+            start = end.max(start);
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(frame)) => {
+                        assert!(frame.len() <= max);
+                        frames.push(frame);
+                    }
+                    Ok(None) => break,
+                    Err(_) => return (frames, true),
+                }
+            }
+            // never buffers more than the limit (plus the `\r` allowance) while waiting
+            assert!(buf.len() <= max + 1);
+        }
+        (frames, false)
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_any_split_same_frames_never_panics(
+            input in proptest::collection::vec(prop_oneof![any::<u8>(), Just(b'\n'), Just(b'\r')], 0..600),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let whole = run(&input, &[], 64);
+            let split = run(&input, &cuts, 64);
+            prop_assert_eq!(&whole, &split);
+            for frame in &whole.0 {
+                // parsing never panics, whatever the bytes
+                let _ = crate::protocol::Inbound::parse(frame);
+            }
+        }
+    }
 }
