@@ -17,6 +17,7 @@
 
 pub mod broker;
 pub mod cli;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod handler;

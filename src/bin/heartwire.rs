@@ -1,10 +1,11 @@
-//! The `heartwire` command: `heartwire serve` runs a server.
+//! The `heartwire` command: `heartwire serve` runs a server, `heartwire connect` a client.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use heartwire::cli::ServeArgs;
+use heartwire::client::cli::ConnectArgs;
 use heartwire::ServerBuilder;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
@@ -24,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run the chat/push server (protocol v1, newline-delimited JSON over TCP).
     Serve(ServeArgs),
+    /// Connect to a server: print received messages as JSON lines on stdout, status on
+    /// stderr, publish stdin lines; reconnects through server restarts.
+    Connect(ConnectArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Connect(args) => heartwire::client::cli::run(args),
     }
 }
 
