@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -101,24 +102,40 @@ fn to_raw<T: Serialize + ?Sized>(data: &T) -> Result<Box<RawValue>, ClientError>
         .map_err(|e| ClientError::Invalid(format!("data cannot be serialised: {e}")))
 }
 
-/// A cheap, cloneable handle to a running [`Client`].
+/// A cheap, cloneable handle to a running [`Client`]. When the last clone is dropped the
+/// client closes (as with [`close`](Self::close)), so a forgotten client does not reconnect
+/// forever in the background.
 #[derive(Debug, Clone)]
 pub struct ClientHandle {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     addr: Addr<Client>,
     request_timeout: Duration,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // One message when the last handle goes: `do_send` cannot pile up here.
+        self.addr.do_send(Close);
+    }
 }
 
 impl ClientHandle {
     pub(super) fn new(addr: Addr<Client>, request_timeout: Duration) -> Self {
         ClientHandle {
-            addr,
-            request_timeout,
+            inner: Arc::new(Inner {
+                addr,
+                request_timeout,
+            }),
         }
     }
 
     /// The actor, for applications that prefer raw messages.
     pub fn addr(&self) -> &Addr<Client> {
-        &self.addr
+        &self.inner.addr
     }
 
     async fn call<M>(&self, msg: M) -> Result<M::Result, ClientError>
@@ -128,7 +145,11 @@ impl ClientHandle {
         Client: Handler<M>,
     {
         // `send` (not `do_send`) waits for room in the actor's bounded mailbox.
-        self.addr.send(msg).await.map_err(|_| ClientError::Closed)
+        self.inner
+            .addr
+            .send(msg)
+            .await
+            .map_err(|_| ClientError::Closed)
     }
 
     /// Publishes `data` to `room` and waits for the server's `ack`, however long the client
@@ -215,7 +236,7 @@ impl ClientHandle {
     /// `ack`, an application frame, or `error` (as [`ClientError::Server`]). Times out after
     /// the configured `request_timeout`.
     pub async fn request(&self, frame: serde_json::Value) -> Result<Reply, ClientError> {
-        self.request_within(frame, self.request_timeout).await
+        self.request_within(frame, self.inner.request_timeout).await
     }
 
     /// [`request`](Self::request) with its own timeout. A request still queued when the
@@ -251,6 +272,6 @@ impl ClientHandle {
 
     /// Says `bye`, waits (briefly) for it to be written, and stops for good.
     pub async fn close(&self) {
-        let _ = self.addr.send(Close).await;
+        let _ = self.inner.addr.send(Close).await;
     }
 }
