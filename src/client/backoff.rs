@@ -114,8 +114,9 @@ impl Backoff {
         }
     }
 
-    /// The ceiling the next delay will be drawn under (without advancing the schedule is not
-    /// possible with backon's iterator, so this is computed from the settings).
+    /// The ceiling of attempt number `attempt` (0-based): `min(cap, initial × factor^attempt)`.
+    /// Computed from the settings (backon's iterator cannot be peeked); for tests and for
+    /// applications that want to show the schedule.
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let cap = self.config.cap.max(self.config.initial);
         let grown = self.config.initial.as_secs_f64()
