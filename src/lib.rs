@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod handler;

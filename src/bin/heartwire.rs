@@ -1,10 +1,11 @@
-//! The `heartwire` command: `heartwire serve` runs a server.
+//! The `heartwire` command: `heartwire serve` runs a server, `heartwire connect` a client.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use heartwire::cli::{ServeArgs, TokenArgs};
+use heartwire::client::cli::ConnectArgs;
 use heartwire::ServerBuilder;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
@@ -26,6 +27,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Mint an HS256 token for `hello.token`, for testing a server run with --jwt-secret.
     Token(TokenArgs),
+    /// Connect to a server: print received messages as JSON lines on stdout, status on
+    /// stderr, publish stdin lines; reconnects through server restarts.
+    Connect(ConnectArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),
+        Command::Connect(args) => heartwire::client::cli::run(args),
     }
 }
 
