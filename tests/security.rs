@@ -407,3 +407,38 @@ async fn accept_rate_spreads_connections_out() {
         started.elapsed()
     );
 }
+
+#[actix_rt::test]
+async fn client_library_connects_over_tls() {
+    use heartwire::client::{Client, ClientConfig, ClientEvent, ClientTls};
+    let (ca, cert, key) = test_pki();
+    let server = start(Config {
+        tls: TlsConfig {
+            cert: Some(cert),
+            key: Some(key),
+        },
+        ..config()
+    });
+    let tls = ClientTls {
+        connector: heartwire::tls::connector_with_ca(&ca).unwrap(),
+        server_name: "127.0.0.1".into(),
+    };
+    let (client, mut events) =
+        Client::start(ClientConfig::new(server.local_addr().to_string(), "tls-client").tls(tls));
+    client.subscribe("secure").await.unwrap();
+    let ack = client.publish("secure", &json!({"n": 1})).await.unwrap();
+    assert_eq!(ack.seq, 1);
+    let message = tokio::time::timeout(common::PATIENCE, async {
+        while let Some(event) = events.recv().await {
+            if let ClientEvent::Message(m) = event {
+                return Some(m);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap()
+    .expect("a message over TLS");
+    assert_eq!(message.data.get(), r#"{"n":1}"#);
+    client.close().await;
+}

@@ -24,7 +24,10 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_util::codec::FramedRead;
+use tokio_util::either::Either;
 
 use super::backoff::Backoff;
 use super::config::ClientConfig;
@@ -36,6 +39,9 @@ use super::rooms::{Delivery, Rooms};
 use crate::codec::{CodecError, LineCodec};
 use crate::outbox::{Outbox, WriterExit};
 use crate::protocol::{encode_line, ByeReason, MAX_ID_LEN, MAX_ROOM_LEN, MAX_USER_LEN};
+
+/// A connection to the server: plain TCP or TLS over it.
+type Stream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// The answer channel of a queued frame.
 pub type ReplyReceiver = oneshot::Receiver<Result<Reply, ClientError>>;
@@ -199,11 +205,28 @@ impl Client {
         self.generation += 1;
         let addr = self.config.addr.clone();
         let timeout = self.config.dial_timeout;
+        let tls = self.config.tls.clone();
         tracing::debug!(parent: &self.span, attempt = self.backoff.attempt(), "dialing");
         let connect = async move {
-            match tokio::time::timeout(timeout, TcpStream::connect(addr.as_str())).await {
-                Ok(Ok(stream)) => Ok(stream),
-                Ok(Err(e)) => Err(e.to_string()),
+            let dial = async {
+                let tcp = TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+                let Some(tls) = tls else {
+                    return Ok(Stream::Left(tcp));
+                };
+                let name = ServerName::try_from(tls.server_name.clone())
+                    .map_err(|e| format!("invalid TLS server name {:?}: {e}", tls.server_name))?;
+                let stream = tls.connector.connect(name, tcp).await;
+                stream
+                    .map(Stream::Right)
+                    .map_err(|e| format!("TLS handshake failed: {e}"))
+            };
+            match tokio::time::timeout(timeout, dial).await {
+                Ok(result) => result,
                 Err(_) => Err(format!("no connection within {timeout:?}")),
             }
         };
@@ -218,12 +241,9 @@ impl Client {
         }));
     }
 
-    fn on_tcp(&mut self, stream: TcpStream, ctx: &mut Context<Self>) {
+    fn on_tcp(&mut self, stream: Stream, ctx: &mut Context<Self>) {
         self.dialing = false;
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(parent: &self.span, error = %e, "TCP_NODELAY not set");
-        }
-        let (read, write) = stream.into_split();
+        let (read, write) = tokio::io::split(stream);
         // The window caps unanswered frames, so the outbox needs room for the window's frames
         // plus control frames; past that the server is not reading and the connection ends.
         let budget = self.config.outbound_budget.saturating_add(

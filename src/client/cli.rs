@@ -22,7 +22,7 @@ use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{BackoffConfig, Client, ClientConfig, ClientEvent, ClientHandle};
+use super::{BackoffConfig, Client, ClientConfig, ClientEvent, ClientHandle, ClientTls};
 
 fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (use a form like 200ms, 30s, 5m)"))
@@ -63,6 +63,12 @@ pub struct ConnectArgs {
     /// Exit when stdin ends, once every published line is acknowledged.
     #[arg(long)]
     pub exit_on_eof: bool,
+    /// Connect with TLS, trusting the CA certificates in this PEM file.
+    #[arg(long, env = "HEARTWIRE_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Name to verify the server certificate against [default: the host part of ADDR].
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
 }
 
 impl ConnectArgs {
@@ -81,6 +87,20 @@ impl ConnectArgs {
             cap: self.backoff_cap,
             ..BackoffConfig::default()
         };
+        if let Some(ca) = &self.tls_ca {
+            let connector = crate::tls::connector_with_ca(ca).map_err(|e| e.to_string())?;
+            let host = match self.addr.rsplit_once(':') {
+                Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+                None => self.addr.as_str(),
+            };
+            config.tls = Some(ClientTls {
+                connector,
+                server_name: self
+                    .tls_server_name
+                    .clone()
+                    .unwrap_or_else(|| host.to_owned()),
+            });
+        }
         Ok(config)
     }
 }

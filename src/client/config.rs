@@ -8,8 +8,26 @@ use std::time::Duration;
 
 use super::backoff::BackoffConfig;
 
+/// TLS for the client's connections: a rustls connector and the name to verify the server's
+/// certificate against.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// The connector, e.g. from [`crate::tls::connector_with_ca`].
+    pub connector: tokio_rustls::TlsConnector,
+    /// DNS name or IP address the server's certificate must be valid for.
+    pub server_name: String,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything a client can be told.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Server address, `host:port` (resolved again on every connection attempt).
     pub addr: String,
@@ -42,6 +60,8 @@ pub struct ClientConfig {
     pub event_buffer: usize,
     /// Mailbox capacity of the client actor (calls from handles beyond it wait).
     pub mailbox: usize,
+    /// TLS settings; `None` connects in plain TCP.
+    pub tls: Option<ClientTls>,
 }
 
 impl ClientConfig {
@@ -62,7 +82,14 @@ impl ClientConfig {
             outbound_budget: 256 * 1024,
             event_buffer: 256,
             mailbox: 64,
+            tls: None,
         }
+    }
+
+    /// Connects with TLS, verifying the server against `tls`.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Uses a token (the user is then the token's subject, and may be left out).

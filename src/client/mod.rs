@@ -57,7 +57,7 @@ use actix::{Recipient, Supervisor};
 
 pub use actor::{Client, Status};
 pub use backoff::{Backoff, BackoffConfig};
-pub use config::ClientConfig;
+pub use config::{ClientConfig, ClientTls};
 pub use error::ClientError;
 pub use event::{ClientEvent, DisconnectReason, EventSink, Events, Gap, Message};
 pub use handle::{ClientHandle, Pending, PublishAck, SendAck};
