@@ -105,6 +105,9 @@ struct RoomLog {
     dedupe: HashMap<(Option<Arc<str>>, Arc<str>), u64>,
     /// Local subscribers may exist: the stream must not restart.
     in_use: bool,
+    /// When the last local subscriber left. The stream (seq and epoch) is kept for the
+    /// history TTL after that, so a client resuming a quiet room is not told of a false gap.
+    released_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -122,8 +125,17 @@ impl RoomLog {
             seq: 0,
             history: VecDeque::new(),
             dedupe: HashMap::new(),
-            in_use: true,
+            in_use: false,
+            released_at: Some(Instant::now()),
         }
+    }
+
+    fn forgettable(&self, limits: HistoryLimits, now: Instant) -> bool {
+        !self.in_use
+            && self.history.is_empty()
+            && self
+                .released_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= limits.ttl)
     }
 
     fn expire(&mut self, limits: HistoryLimits, now: Instant) {
@@ -153,7 +165,6 @@ impl MemoryBroker {
         let now = Instant::now();
         let mut rooms = self.rooms.borrow_mut();
         let log = rooms.entry(req.room.clone()).or_insert_with(RoomLog::new);
-        log.in_use = true;
         log.expire(self.limits, now);
         let key = req.id.clone().map(|id| (req.from.clone(), id));
         if let Some(seq) = key.as_ref().and_then(|k| log.dedupe.get(k)) {
@@ -206,6 +217,7 @@ impl MemoryBroker {
             None => rooms.entry(Arc::from(room)).or_insert_with(RoomLog::new),
         };
         log.in_use = true;
+        log.released_at = None;
         log.expire(self.limits, Instant::now());
         let mut replay = Replay {
             seq: log.seq,
@@ -242,10 +254,12 @@ impl Broker for MemoryBroker {
     }
 
     fn release(&self, room: &str) {
+        let now = Instant::now();
         let mut rooms = self.rooms.borrow_mut();
         if let Some(log) = rooms.get_mut(room) {
             log.in_use = false;
-            if log.history.is_empty() {
+            log.released_at = Some(now);
+            if log.forgettable(self.limits, now) {
                 rooms.remove(room);
             }
         }
@@ -256,7 +270,7 @@ impl Broker for MemoryBroker {
         let limits = self.limits;
         self.rooms.borrow_mut().retain(|_, log| {
             log.expire(limits, now);
-            log.in_use || !log.history.is_empty()
+            !log.forgettable(limits, now)
         });
     }
 }
@@ -279,6 +293,18 @@ mod tests {
             size,
             ttl: Duration::from_secs(60),
         })
+    }
+
+    #[test]
+    fn rooms_nobody_subscribes_to_are_forgotten_with_their_history() {
+        let b = MemoryBroker::new(HistoryLimits {
+            size: 10,
+            ttl: Duration::ZERO,
+        });
+        b.publish_now(req("lonely", "a", None, "1"));
+        std::thread::sleep(Duration::from_millis(2));
+        b.maintain();
+        assert!(b.rooms.borrow().is_empty());
     }
 
     #[test]
@@ -316,12 +342,27 @@ mod tests {
     }
 
     #[test]
-    fn released_rooms_restart_with_a_new_epoch_once_history_is_gone() {
+    fn released_rooms_keep_their_stream_for_the_ttl_then_restart() {
         let b = broker(0);
         b.publish_now(req("r", "a", None, "1"));
         let before = b.replay_now("r", None, None);
         b.release("r");
-        let after = b.replay_now("r", None, None);
+        b.maintain();
+        let kept = b.replay_now("r", Some(1), Some(&before.epoch));
+        assert_eq!(
+            (kept.seq, kept.recovered),
+            (1, Some(true)),
+            "a quiet room resumes without a gap"
+        );
+        b.release("r");
+        let quick = MemoryBroker::new(HistoryLimits {
+            size: 0,
+            ttl: Duration::ZERO,
+        });
+        quick.publish_now(req("r", "a", None, "1"));
+        let before = quick.replay_now("r", None, None);
+        quick.release("r");
+        let after = quick.replay_now("r", None, None);
         assert_eq!(after.seq, 0);
         assert_ne!(before.epoch, after.epoch);
     }
