@@ -79,6 +79,18 @@ pub struct ServeArgs {
     /// TCP_USER_TIMEOUT [default: (max_missed + 1) × heartbeat interval].
     #[arg(long, env = "HEARTWIRE_TCP_USER_TIMEOUT", value_name = "DUR", value_parser = duration)]
     pub tcp_user_timeout: Option<Duration>,
+    /// Rooms whose subscribers get presence join/leave events: comma-separated name prefixes,
+    /// `*` for every room [default: none].
+    #[arg(
+        long,
+        env = "HEARTWIRE_PRESENCE_EVENTS",
+        value_name = "PREFIXES",
+        value_delimiter = ','
+    )]
+    pub presence_events: Option<Vec<String>>,
+    /// HTTP API options.
+    #[command(flatten)]
+    pub http: crate::http::HttpArgs,
 }
 
 impl ServeArgs {
@@ -112,6 +124,10 @@ impl ServeArgs {
         c.tcp.keepalive_interval = self.tcp_keepalive_interval.or(c.tcp.keepalive_interval);
         c.tcp.keepalive_retries = self.tcp_keepalive_retries.or(c.tcp.keepalive_retries);
         c.tcp.user_timeout = self.tcp_user_timeout.or(c.tcp.user_timeout);
+        if let Some(prefixes) = &self.presence_events {
+            c.presence_events = prefixes.clone();
+        }
+        self.http.apply(&mut c.http);
         c.validate()?;
         Ok(c)
     }

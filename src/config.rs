@@ -57,6 +57,11 @@ pub struct Config {
     pub tcp: TcpConfig,
     /// Name reported in `welcome.server`.
     pub server_name: String,
+    /// The HTTP API (off unless `http.listen` is set).
+    pub http: crate::http::HttpConfig,
+    /// Rooms whose subscribers get `join`/`leave` events: those whose name starts with one of
+    /// these prefixes (`"*"` or `""` matches every room). Empty: no events.
+    pub presence_events: Vec<String>,
 }
 
 /// Kernel-level liveness settings applied to every accepted socket.
@@ -112,6 +117,8 @@ impl Default for Config {
             backlog: 4096,
             tcp: TcpConfig::default(),
             server_name: concat!("heartwire/", env!("CARGO_PKG_VERSION")).to_owned(),
+            http: crate::http::HttpConfig::default(),
+            presence_events: Vec::new(),
         }
     }
 }
@@ -145,7 +152,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         reason: reason.into(),
@@ -223,6 +230,13 @@ impl Config {
         if self.server_name.is_empty() {
             return Err(invalid("server_name", "must not be empty"));
         }
+        if self.presence_events.iter().any(|p| p.len() > 256) {
+            return Err(invalid(
+                "presence_events",
+                "prefixes must be at most 256 bytes",
+            ));
+        }
+        self.http.validate()?;
         Ok(())
     }
 
