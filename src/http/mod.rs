@@ -205,7 +205,14 @@ pub(crate) fn serve(
     let api = HttpApi::new(server, config);
     let http = HttpServer::new(move || {
         let api = api.clone();
+        // Access log through `log` (which the binary's tracing subscriber picks up); probes
+        // and scrapes would drown the rest.
+        let access_log = actix_web::middleware::Logger::default()
+            .exclude("/healthz")
+            .exclude("/readyz")
+            .exclude("/metrics");
         App::new()
+            .wrap(access_log)
             .configure(move |c| api.configure(c))
             .default_service(web::to(not_found))
     })
