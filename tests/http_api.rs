@@ -64,10 +64,11 @@ impl Http {
         (resp.status().as_u16(), parse(&body))
     }
 
+    /// Posts a body as it is, without a JSON content type.
     async fn post_raw(&self, path: &str, body: &'static str) -> (u16, Value) {
         let mut resp = self
             .request(awc::http::Method::POST, path)
-            .insert_header(("content-type", "application/json"))
+            .insert_header(("content-type", "application/x-www-form-urlencoded"))
             .send_body(body)
             .await
             .expect("POST");
@@ -405,6 +406,18 @@ async fn bad_requests_get_json_errors_with_fitting_status() {
     let http = Http::new(&server);
     let (status, body) = http.post_raw("/api/publish", "{not json").await;
     assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
+    // Like `curl -d`, without a JSON content type: still read as JSON.
+    let (status, body) = http
+        .post_raw("/api/publish", r#"{"room":"r","data":1}"#)
+        .await;
+    assert_eq!((status, body), (200, json!({"seq": 1})));
+    let big = json!({"room": "r", "data": "x".repeat(70_000)});
+    let (status, body) = http.post("/api/publish", big).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("payload_too_large")),
+        "body over max_frame"
+    );
     let (status, body) = http.post("/api/publish", json!({"room": "r"})).await;
     assert_eq!(status, 400);
     assert!(body["message"].as_str().unwrap().contains("data"), "{body}");

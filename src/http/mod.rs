@@ -114,9 +114,11 @@ impl HttpApi {
     pub fn configure(&self, cfg: &mut web::ServiceConfig) {
         let state = self.state.clone();
         let key = state.api_key.clone();
+        // Bodies are JSON whatever their content type says (`curl -d` sends a form type).
         let json = web::JsonConfig::default()
             .limit(self.max_body)
-            .error_handler(|e, _| ApiError::bad_request(format!("invalid JSON body: {e}")).into());
+            .content_type_required(false)
+            .error_handler(|e, _| json_error(e).into());
         let query = web::QueryConfig::default()
             .error_handler(|e, _| ApiError::bad_request(format!("invalid query: {e}")).into());
         let path = web::PathConfig::default()
@@ -148,6 +150,19 @@ impl HttpApi {
                 .configure(api::routes)
                 .default_service(web::to(not_found)),
         );
+    }
+}
+
+/// A body that is too large is a 413, anything else about it a 400.
+fn json_error(e: actix_web::error::JsonPayloadError) -> ApiError {
+    use actix_web::error::JsonPayloadError::{Overflow, OverflowKnownLength};
+    match e {
+        Overflow { limit } | OverflowKnownLength { limit, .. } => ApiError::new(
+            actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request bodies are limited to {limit} bytes (max_frame)"),
+        ),
+        e => ApiError::bad_request(format!("invalid JSON body: {e}")),
     }
 }
 
