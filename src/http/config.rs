@@ -147,6 +147,23 @@ mod tests {
     }
 
     #[test]
+    fn read_from_the_http_table() {
+        let c = crate::Config::from_toml(
+            "presence_events = [\"chat:\"]\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             api_key = \"k\"\npage_size = 10\nshutdown_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.presence_events, ["chat:"]);
+        assert_eq!(c.http.listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(c.http.api_key.as_deref(), Some("k"));
+        assert_eq!((c.http.page_size, c.http.max_page_size), (10, 1000));
+        assert_eq!(c.http.shutdown_timeout, Duration::from_secs(2));
+        c.validate().unwrap();
+        let err = crate::Config::from_toml("[http]\nlisten_on = 1\n").unwrap_err();
+        assert!(err.contains("listen_on"), "{err}");
+    }
+
+    #[test]
     fn key_is_redacted_and_limits_checked() {
         let c = HttpConfig {
             api_key: Some("s3cret".into()),
