@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::{ready, LocalBoxFuture};
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::protocol::Outbound;
@@ -64,6 +65,26 @@ pub struct Replay {
     pub recovered: Option<bool>,
 }
 
+/// A room's stream as the broker sees it, for monitoring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoomStream {
+    /// The room's latest seq.
+    pub seq: u64,
+    /// The room's current epoch.
+    pub epoch: Arc<str>,
+    /// Messages kept in its history.
+    pub history_len: usize,
+}
+
+/// What all room histories hold together, for monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HistoryTotals {
+    /// Rooms whose stream the broker keeps.
+    pub rooms: usize,
+    /// Messages kept, all rooms together.
+    pub messages: usize,
+}
+
 /// Sequencing, history and dedupe of rooms.
 ///
 /// Calls for one room are made in order and each completes before the next is made, so an
@@ -78,6 +99,16 @@ pub trait Broker: 'static {
     fn release(&self, room: &str);
     /// Periodic upkeep (expiring history); called by the registry's sweep.
     fn maintain(&self);
+    /// The room's stream position and history length, without creating the room; `None` when
+    /// the broker does not know the room (or cannot tell: the default).
+    fn room_stream(&self, room: &str) -> BrokerFuture<Option<RoomStream>> {
+        let _ = room;
+        Box::pin(ready(Ok(None)))
+    }
+    /// Totals over every room; `None` when the broker cannot tell (the default).
+    fn history_totals(&self) -> BrokerFuture<Option<HistoryTotals>> {
+        Box::pin(ready(Ok(None)))
+    }
 }
 
 /// Limits of a room's history.
@@ -263,6 +294,24 @@ impl Broker for MemoryBroker {
                 rooms.remove(room);
             }
         }
+    }
+
+    fn room_stream(&self, room: &str) -> BrokerFuture<Option<RoomStream>> {
+        let stream = self.rooms.borrow().get(room).map(|log| RoomStream {
+            seq: log.seq,
+            epoch: log.epoch.clone(),
+            history_len: log.history.len(),
+        });
+        Box::pin(ready(Ok(stream)))
+    }
+
+    fn history_totals(&self) -> BrokerFuture<Option<HistoryTotals>> {
+        let rooms = self.rooms.borrow();
+        let totals = HistoryTotals {
+            rooms: rooms.len(),
+            messages: rooms.values().map(|log| log.history.len()).sum(),
+        };
+        Box::pin(ready(Ok(Some(totals))))
     }
 
     fn maintain(&self) {

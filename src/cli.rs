@@ -120,6 +120,18 @@ pub struct ServeArgs {
     /// End connections after this age (±10%) with `bye{reason:"max_age"}` [default: never].
     #[arg(long, env = "HEARTWIRE_MAX_CONNECTION_AGE", value_name = "DUR", value_parser = duration)]
     pub max_connection_age: Option<Duration>,
+    /// Rooms whose subscribers get presence join/leave events: comma-separated name prefixes,
+    /// `*` for every room [default: none].
+    #[arg(
+        long,
+        env = "HEARTWIRE_PRESENCE_EVENTS",
+        value_name = "PREFIXES",
+        value_delimiter = ','
+    )]
+    pub presence_events: Option<Vec<String>>,
+    /// HTTP API options.
+    #[command(flatten)]
+    pub http: crate::http::HttpArgs,
 }
 
 impl ServeArgs {
@@ -172,6 +184,10 @@ impl ServeArgs {
         l.message_rate = self.message_rate.unwrap_or(l.message_rate);
         l.message_burst = self.message_burst.unwrap_or(l.message_burst);
         l.max_connection_age = self.max_connection_age.or(l.max_connection_age);
+        if let Some(prefixes) = &self.presence_events {
+            c.presence_events = prefixes.clone();
+        }
+        self.http.apply(&mut c.http);
         c.validate()?;
         Ok(c)
     }

@@ -67,6 +67,11 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Connection, rate and size limits.
     pub limits: LimitsConfig,
+    /// The HTTP API (off unless `http.listen` is set).
+    pub http: crate::http::HttpConfig,
+    /// Rooms whose subscribers get `join`/`leave` events: those whose name starts with one of
+    /// these prefixes (`"*"` or `""` matches every room). Empty: no events.
+    pub presence_events: Vec<String>,
 }
 
 /// Kernel-level liveness settings applied to every accepted socket.
@@ -125,6 +130,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            http: crate::http::HttpConfig::default(),
+            presence_events: Vec::new(),
         }
     }
 }
@@ -158,7 +165,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         reason: reason.into(),
@@ -236,7 +243,15 @@ impl Config {
         if self.server_name.is_empty() {
             return Err(invalid("server_name", "must not be empty"));
         }
-        self.limits.validate()
+        self.limits.validate()?;
+        if self.presence_events.iter().any(|p| p.len() > 256) {
+            return Err(invalid(
+                "presence_events",
+                "prefixes must be at most 256 bytes",
+            ));
+        }
+        self.http.validate()?;
+        Ok(())
     }
 
     /// Number of worker arbiters: `workers`, or the number of cores when it is 0.

@@ -18,6 +18,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::metrics::Metrics;
 use crate::protocol::{ByeReason, Outbound};
 
 /// Largest single write the writer assembles from queued frames.
@@ -32,6 +33,8 @@ pub struct Outbox {
     /// Wakes a writer blocked on a full socket when the connection starts closing.
     closed: Notify,
     budget: usize,
+    /// Where written frames are counted, if anywhere.
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +64,18 @@ impl Outbox {
             wake: Notify::new(),
             closed: Notify::new(),
             budget,
+            metrics: None,
+        })
+    }
+
+    /// Like [`Outbox::new`], counting written frames and bytes into `metrics`.
+    pub fn metered(budget: usize, metrics: Arc<Metrics>) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            closed: Notify::new(),
+            budget,
+            metrics: Some(metrics),
         })
     }
 
@@ -187,7 +202,11 @@ impl Outbox {
             };
             self.lock().queued -= written;
             match result {
-                Ok(true) => {}
+                Ok(true) => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.frames_written(&batch);
+                    }
+                }
                 Ok(false) => {
                     let reason = self.closing().unwrap_or(ByeReason::Normal);
                     return WriterExit::TimedOut(reason);

@@ -25,9 +25,14 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::broker::{Broker, BrokerError, PublishRequest};
+use crate::gauge::SessionGauge;
+use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::{ByeReason, ErrorCode, Outbound};
 use crate::session::Session;
+
+pub mod admin;
+pub mod presence;
 
 /// Identifies a session within one server process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,6 +52,7 @@ struct Entry {
     peer: SocketAddr,
     user: Option<Arc<str>>,
     rooms: HashSet<Arc<str>>,
+    gauge: Arc<SessionGauge>,
 }
 
 /// Per-user and per-session caps the registry enforces.
@@ -77,6 +83,8 @@ pub struct Registry {
     rooms: HashMap<Arc<str>, HashSet<SessionId>>,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
+    metrics: Arc<Metrics>,
+    presence_events: Vec<String>,
 }
 
 impl Registry {
@@ -91,12 +99,27 @@ impl Registry {
             rooms: HashMap::new(),
             draining: false,
             drained: Vec::new(),
+            metrics: Arc::new(Metrics::new()),
+            presence_events: Vec::new(),
         }
     }
 
     /// Applies per-user and per-session caps.
     pub fn with_limits(mut self, limits: RegistryLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Records into `metrics` (the server's) instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Sends `join`/`leave` events in rooms whose name starts with one of `prefixes` (`""`
+    /// matches every room); see [`presence`].
+    pub fn with_presence_events(mut self, prefixes: Vec<String>) -> Self {
+        self.presence_events = prefixes;
         self
     }
 
@@ -163,7 +186,7 @@ impl Registry {
             }
         }
         for room in &entry.rooms {
-            self.leave_room(room, id);
+            self.leave_room(room, id, entry.user.as_ref());
         }
         if self.draining && self.sessions.is_empty() {
             for waiter in self.drained.drain(..) {
@@ -173,12 +196,14 @@ impl Registry {
         Some(entry)
     }
 
-    fn leave_room(&mut self, room: &str, id: SessionId) {
+    fn leave_room(&mut self, room: &str, id: SessionId, user: Option<&Arc<str>>) {
         if let Some(members) = self.rooms.get_mut(room) {
             members.remove(&id);
             if members.is_empty() {
                 self.rooms.remove(room);
                 self.broker.release(room);
+            } else if let Some(user) = user {
+                self.announce_leave(room, user);
             }
         }
     }
@@ -210,6 +235,7 @@ impl Registry {
             self.broker.release(room);
         }
         self.broker.maintain();
+        self.metrics.swept(dead.len(), empty.len());
         if dead.is_empty() && empty.is_empty() {
             tracing::trace!(
                 sessions = self.sessions.len(),
@@ -272,6 +298,8 @@ pub struct Connect {
     pub outbox: Arc<Outbox>,
     /// Remote address.
     pub peer: SocketAddr,
+    /// The session's live numbers (heartbeat, deadline), read when connections are listed.
+    pub gauge: Arc<SessionGauge>,
 }
 
 impl Handler<Connect> for Registry {
@@ -289,6 +317,7 @@ impl Handler<Connect> for Registry {
                 peer: msg.peer,
                 user: None,
                 rooms: HashSet::new(),
+                gauge: msg.gauge,
             },
         );
         Ok(())
@@ -390,6 +419,10 @@ impl Handler<Subscribe> for Registry {
                 for frame in replay.frames {
                     entry.outbox.push(frame);
                 }
+                let joined = entry
+                    .user
+                    .clone()
+                    .filter(|_| !entry.rooms.contains(&msg.room));
                 entry.outbox.push(
                     Outbound::Subscribed {
                         room: &msg.room,
@@ -400,6 +433,9 @@ impl Handler<Subscribe> for Registry {
                     .encode(),
                 );
                 entry.rooms.insert(msg.room.clone());
+                if let Some(user) = joined {
+                    act.announce_join(&msg.room, &user);
+                }
                 act.rooms.entry(msg.room).or_default().insert(msg.id);
             }),
         );
@@ -430,8 +466,9 @@ impl Handler<Unsubscribe> for Registry {
         entry
             .outbox
             .push(Outbound::Unsubscribed { room: &msg.room }.encode());
+        let user = entry.user.clone();
         if was_member {
-            self.leave_room(&msg.room, msg.id);
+            self.leave_room(&msg.room, msg.id, user.as_ref());
         }
     }
 }

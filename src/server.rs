@@ -27,7 +27,9 @@ use crate::auth::Authenticator;
 use crate::broker::{Broker, HistoryLimits, MemoryBroker};
 use crate::config::{Config, ConfigError, Keepalive};
 use crate::handler::{FrameHandler, Handlers};
+use crate::http::HttpRunning;
 use crate::limits::{ConnectionTracker, Refusal};
+use crate::metrics::Metrics;
 use crate::protocol::{ByeReason, Outbound};
 use crate::registry::{Drain, Registry, RegistryLimits};
 use crate::session::{Session, SessionShared};
@@ -57,14 +59,24 @@ pub enum StartError {
         /// The socket error.
         source: io::Error,
     },
+    /// The HTTP API could not be set up.
+    #[error("cannot serve HTTP on {addr}: {source}")]
+    Http {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The socket error.
+        source: io::Error,
+    },
 }
 
 impl ServerBuilder {
     /// A builder with `config` and no application handlers.
     pub fn new(config: Config) -> Self {
+        let mut handlers = Handlers::default();
+        crate::presence::install(&mut handlers);
         ServerBuilder {
             config,
-            handlers: Handlers::default(),
+            handlers,
             broker: None,
         }
     }
@@ -108,7 +120,9 @@ impl ServerBuilder {
             addr: config.listen,
             source,
         })?;
+        let http_listener = crate::http::bind(&config.http)?;
 
+        let metrics = Arc::new(Metrics::new());
         let registry_arbiter = Arbiter::new();
         let make_broker = self.broker.unwrap_or_else(|| {
             Box::new(|config: &Config| {
@@ -119,12 +133,16 @@ impl ServerBuilder {
             })
         });
         let registry_config = config.clone();
+        let registry_metrics = metrics.clone();
         let registry = Registry::start_supervised(&registry_arbiter.handle(), move || {
             let broker = make_broker(&registry_config);
-            Registry::new(broker, registry_config.sweep_interval).with_limits(RegistryLimits {
-                max_sessions_per_user: registry_config.limits.max_sessions_per_user,
-                max_rooms_per_session: registry_config.limits.max_rooms_per_session,
-            })
+            Registry::new(broker, registry_config.sweep_interval)
+                .with_limits(RegistryLimits {
+                    max_sessions_per_user: registry_config.limits.max_sessions_per_user,
+                    max_rooms_per_session: registry_config.limits.max_rooms_per_session,
+                })
+                .with_metrics(registry_metrics)
+                .with_presence_events(registry_config.presence_events.clone())
         });
 
         let workers: Vec<Arbiter> = (0..config.worker_count()).map(|_| Arbiter::new()).collect();
@@ -133,6 +151,7 @@ impl ServerBuilder {
             registry.clone(),
             self.handlers,
             authenticator,
+            metrics.clone(),
         );
         let stop_accepting = CancellationToken::new();
         let accept = AcceptLoop {
@@ -148,7 +167,7 @@ impl ServerBuilder {
         actix_rt::spawn(accept.run());
         tracing::info!(%local_addr, workers = workers.len(), tls = config.tls.cert.is_some(), "listening");
 
-        Ok(ServerHandle {
+        let handle = ServerHandle {
             local_addr,
             registry,
             stop_accepting,
@@ -157,7 +176,16 @@ impl ServerBuilder {
             arbiters: Arc::new(std::sync::Mutex::new(
                 workers.into_iter().chain([registry_arbiter]).collect(),
             )),
-        })
+            metrics,
+            http: Arc::default(),
+        };
+        if let Some(listener) = http_listener {
+            if let Err(e) = crate::http::serve(&handle, &config, listener) {
+                handle.stop_now();
+                return Err(e);
+            }
+        }
+        Ok(handle)
     }
 }
 
@@ -212,8 +240,12 @@ impl AcceptLoop {
                 accepted = self.listener.accept() => accepted,
             };
             let (stream, peer) = match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    self.shared.metrics.accepted();
+                    pair
+                }
                 Err(error) => {
+                    self.shared.metrics.accept_failed();
                     let pause = accept_error_pause(&error);
                     tracing::warn!(%error, pause_ms = pause.as_millis() as u64, "accept failed");
                     tokio::time::sleep(pause).await;
@@ -318,6 +350,8 @@ pub struct ServerHandle {
     drain_timeout: Duration,
     shutdown_reconnect: Duration,
     arbiters: Arc<std::sync::Mutex<Vec<Arbiter>>>,
+    metrics: Arc<Metrics>,
+    http: Arc<std::sync::OnceLock<HttpRunning>>,
 }
 
 impl ServerHandle {
@@ -329,6 +363,30 @@ impl ServerHandle {
     /// The registry, to publish, send, kick or query from the application.
     pub fn registry(&self) -> &Addr<Registry> {
         &self.registry
+    }
+
+    /// The server's metrics (see [`ServerHandle::render_metrics`] for the scrape text).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The address of the HTTP API, when the server runs one (`http.listen`).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.get().map(|h| h.addr)
+    }
+
+    /// Stops accepting and the arbiters at once, without a drain (a failed start).
+    fn stop_now(&self) {
+        self.stop_accepting.cancel();
+        let arbiters =
+            std::mem::take(&mut *self.arbiters.lock().unwrap_or_else(|p| p.into_inner()));
+        for arbiter in arbiters {
+            arbiter.stop();
+        }
+    }
+
+    pub(crate) fn set_http(&self, running: HttpRunning) {
+        let _ = self.http.set(running);
     }
 
     /// Graceful shutdown: stops accepting, sends every session `bye{reason:"shutdown"}` and
@@ -345,6 +403,10 @@ impl ServerHandle {
         );
         if !drained {
             tracing::warn!(timeout = ?self.drain_timeout, "drain timed out; closing the rest");
+        }
+        if let Some(http) = self.http.get() {
+            // After the drain, so that `/readyz` reported it while it lasted.
+            http.handle.stop(true).await;
         }
         let arbiters =
             std::mem::take(&mut *self.arbiters.lock().unwrap_or_else(|p| p.into_inner()));

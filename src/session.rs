@@ -27,9 +27,11 @@ use tracing::Span;
 use crate::auth::{AuthError, Authenticator, RoomPolicy};
 use crate::codec::{CodecError, LineCodec};
 use crate::config::Config;
+use crate::gauge::SessionGauge;
 use crate::handler::{AppFrame, Handlers};
 use crate::heartbeat::{Heartbeat, Tick};
 use crate::limits::ConnectionPermit;
+use crate::metrics::Metrics;
 use crate::outbox::{Outbox, WriterExit};
 use crate::protocol::{
     encode_line, ByeReason, ErrorCode, FrameLimits, HeartbeatInfo, Inbound, Outbound, ParseError,
@@ -52,6 +54,8 @@ pub struct SessionShared {
     /// Token verification, when authentication is configured.
     pub authenticator: Option<Authenticator>,
     frame_limits: FrameLimits,
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
     /// Prefix of the session ids this process hands out, random per start.
     node: String,
     next_id: AtomicU64,
@@ -64,6 +68,7 @@ impl SessionShared {
         registry: Addr<Registry>,
         handlers: Handlers,
         authenticator: Option<Authenticator>,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let frame_limits = FrameLimits {
             room: config.limits.max_room_len,
@@ -75,6 +80,7 @@ impl SessionShared {
             handlers,
             authenticator,
             frame_limits,
+            metrics,
             node: format!("{:06x}", fastrand::u32(..0x100_0000)),
             next_id: AtomicU64::new(1),
         })
@@ -90,6 +96,7 @@ pub struct Session {
     user: Option<Arc<str>>,
     shared: Arc<SessionShared>,
     outbox: Arc<Outbox>,
+    gauge: Arc<SessionGauge>,
     heartbeat: Option<Heartbeat>,
     handshake_timer: Option<SpawnHandle>,
     bad_frames: u32,
@@ -130,7 +137,8 @@ impl Session {
             let wire_id: Arc<str> = format!("{}-{n}", shared.node).into();
             let span =
                 tracing::info_span!("session", id = %wire_id, %peer, user = tracing::field::Empty);
-            let outbox = Outbox::new(shared.config.outbound_budget);
+            let outbox = Outbox::metered(shared.config.outbound_budget, shared.metrics.clone());
+            let gauge = SessionGauge::new(wire_id.clone());
             let addr = ctx.address();
             let writer = outbox
                 .clone()
@@ -149,6 +157,7 @@ impl Session {
                 user: None,
                 shared,
                 outbox,
+                gauge,
                 heartbeat: None,
                 handshake_timer: None,
                 bad_frames: 0,
@@ -251,11 +260,14 @@ impl Session {
         }
         if let Some(hb) = &mut self.heartbeat {
             hb.received(Instant::now());
+            self.gauge.alive(hb.dead_by());
         }
         if !self.within_rate() {
             return;
         }
-        match Inbound::parse_limited(&line, &self.shared.frame_limits) {
+        let parsed = Inbound::parse_limited(&line, &self.shared.frame_limits);
+        self.shared.metrics.frame_in(&parsed, line.len());
+        match parsed {
             Ok(frame) => self.dispatch(frame, &line, ctx),
             Err(ParseError::BadFrame(message)) => {
                 self.bad_frames += 1;
@@ -316,7 +328,12 @@ impl Session {
             }
             Inbound::Pong(pong) => {
                 if let Some(hb) = &mut self.heartbeat {
+                    let before = hb.last_rtt();
                     hb.pong(pong.seq, Instant::now());
+                    if let Some(rtt) = hb.last_rtt().filter(|_| hb.last_rtt() != before) {
+                        self.gauge.set_rtt(rtt);
+                        self.shared.metrics.heartbeat_rtt(rtt);
+                    }
                 }
             }
             Inbound::Hello(_) => {
@@ -491,11 +508,9 @@ impl Session {
     /// not ping together.
     fn start_heartbeat(&mut self, ctx: &mut Context<Self>) {
         let interval = self.shared.config.heartbeat_interval;
-        self.heartbeat = Some(Heartbeat::new(
-            interval,
-            self.shared.config.max_missed,
-            Instant::now(),
-        ));
+        let heartbeat = Heartbeat::new(interval, self.shared.config.max_missed, Instant::now());
+        self.gauge.alive(heartbeat.dead_by());
+        self.heartbeat = Some(heartbeat);
         let first = interval.mul_f64(fastrand::f64());
         ctx.run_later(first, move |act, ctx| {
             act.on_tick();
@@ -512,13 +527,17 @@ impl Session {
         };
         match hb.tick(Instant::now()) {
             Tick::Ping { seq, missed } => {
+                self.gauge.set_missed(missed);
                 if missed > 0 {
+                    self.shared.metrics.heartbeat_missed();
                     tracing::debug!(parent: &self.span, missed, "heartbeat missed");
                 }
                 self.outbox.push(Outbound::Ping { seq }.encode());
             }
             Tick::Skip => {}
             Tick::Dead { missed } => {
+                self.gauge.set_missed(missed);
+                self.shared.metrics.heartbeat_missed();
                 tracing::info!(parent: &self.span, missed, "peer silent too long");
                 self.close(ByeReason::HeartbeatTimeout, None);
             }
@@ -536,6 +555,7 @@ impl Actor for Session {
             addr: ctx.address(),
             outbox: self.outbox.clone(),
             peer: self.peer,
+            gauge: self.gauge.clone(),
         };
         let reconnect_ms = self.shared.config.shutdown_reconnect.as_millis() as u64;
         self.ask(ctx, connect, move |act, _, result| {
@@ -550,6 +570,7 @@ impl Actor for Session {
             });
         }
         let timeout = self.shared.config.handshake_timeout;
+        self.gauge.set_dead_by(Instant::now() + timeout);
         self.handshake_timer = Some(ctx.run_later(timeout, |act, _| {
             if act.user.is_none() {
                 act.close(ByeReason::HandshakeTimeout, None);
@@ -559,6 +580,7 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         tracing::debug!(parent: &self.span, "session ended");
+        self.shared.metrics.closed(self.outbox.closing());
         // One message per session lifetime: `do_send` cannot pile up here.
         self.shared
             .registry

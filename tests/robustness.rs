@@ -244,6 +244,7 @@ async fn register_ghost(server: &ServerHandle, id: u64, user: &str, rooms: &[&st
             addr: dead,
             outbox: Outbox::new(64 * 1024),
             peer: "127.0.0.1:9".parse().unwrap(),
+            gauge: heartwire::gauge::SessionGauge::new(format!("ghost-{}", id.0).into()),
         })
         .await
         .unwrap()

@@ -79,6 +79,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "listening on {}", server.local_addr());
+        if let Some(addr) = server.http_addr() {
+            let _ = writeln!(stdout, "http on {addr}");
+        }
         let _ = stdout.flush();
         let (mut term, mut int) = match (
             signal(SignalKind::terminate()),

@@ -1,0 +1,446 @@
+//! Prometheus metrics of one server, every name prefixed `heartwire_`.
+//!
+//! **Why `prometheus-client` and one registry per server.** A test binary (and an application
+//! that embeds heartwire) runs several servers in one process. The `metrics` facade records
+//! into one process-wide recorder that can be installed once, so two servers would either
+//! share counters or fight over the recorder; thread-local recorders do not fit either, since
+//! a server's sessions run on several worker threads. `prometheus-client` has no global state:
+//! each server owns a [`Metrics`] value (a registry and its metric handles, shared by `Arc`)
+//! and `/metrics` encodes exactly that server's registry. Its histograms are fixed bucket
+//! arrays, so memory stays bounded when nobody scrapes, and nothing needs a background upkeep
+//! task.
+//!
+//! **Cost on the hot path.** Label lookups (`Family::get_or_create`, a lock and a hash) happen
+//! once, here, when the server starts: every per-frame counter is resolved into a plain
+//! handle, and counting a frame is one relaxed atomic add. Outbound frames are counted by each
+//! connection's writer task per written batch (a local tally, then one add per frame type
+//! present), not per fan-out push. Values that the registry already knows exactly
+//! (connections, users, rooms, history sizes) are not counted at all: they are read from the
+//! registry and the broker when `/metrics` is scraped ([`ServerHandle::render_metrics`]).
+//!
+//! The text is OpenMetrics 1.0 (Prometheus' own scrape format, a superset of its classic text
+//! format): counters are exposed with a `_total` suffix and the body ends with `# EOF`.
+//!
+//! [`ServerHandle::render_metrics`]: crate::ServerHandle::render_metrics
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry as PromRegistry;
+
+use crate::protocol::{ByeReason, Inbound, ParseError};
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `type` labels of inbound frames. `app` is a frame for an application handler (or for
+/// none: the label set must stay bounded whatever clients send), `invalid` a line that was not
+/// a valid frame.
+const IN_TYPES: [&str; 11] = [
+    "hello",
+    "ping",
+    "pong",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "send",
+    "bye",
+    "presence",
+    "app",
+    "invalid",
+];
+
+/// `type` labels of outbound frames; `app` is anything else (application frames).
+const OUT_TYPES: [&str; 13] = [
+    "welcome",
+    "ping",
+    "pong",
+    "subscribed",
+    "unsubscribed",
+    "message",
+    "ack",
+    "error",
+    "bye",
+    "presence",
+    "join",
+    "leave",
+    "app",
+];
+
+/// `reason` labels of closed connections: the `bye` reasons, and `connection_lost` for a
+/// socket that failed before any close began.
+const CLOSE_REASONS: [&str; 10] = [
+    "normal",
+    "heartbeat_timeout",
+    "handshake_timeout",
+    "shutdown",
+    "slow_consumer",
+    "frame_too_large",
+    "protocol_error",
+    "unauthorized",
+    "kicked",
+    "connection_lost",
+];
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// The metrics of one server. Cheap to share: clone the `Arc` it lives in.
+pub struct Metrics {
+    registry: PromRegistry,
+    accepts: Counter,
+    accept_errors: Counter,
+    closes: [Counter; CLOSE_REASONS.len()],
+    slow_consumer_closes: Counter,
+    frames_in: [Counter; IN_TYPES.len()],
+    frames_out: [Counter; OUT_TYPES.len()],
+    bytes_in: Counter,
+    bytes_out: Counter,
+    rtt: Histogram,
+    misses: Counter,
+    sweep_sessions: Counter,
+    sweep_rooms: Counter,
+    connections: Gauge,
+    identified: Gauge,
+    users: Gauge,
+    rooms: Gauge,
+    draining: Gauge,
+    history_rooms: Gauge,
+    history_messages: Gauge,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("accepts", &self.accepts.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Registers a family and resolves one handle per label value.
+fn family<const N: usize>(
+    registry: &mut PromRegistry,
+    name: &str,
+    help: &str,
+    key: &'static str,
+    values: [&'static str; N],
+) -> [Counter; N] {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    values.map(|v| family.get_or_create(&[(key, v)]).clone())
+}
+
+fn counter(registry: &mut PromRegistry, name: &str, help: &str) -> Counter {
+    let c = Counter::default();
+    registry.register(name, help, c.clone());
+    c
+}
+
+fn gauge(registry: &mut PromRegistry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::default();
+    registry.register(name, help, g.clone());
+    g
+}
+
+impl Metrics {
+    /// A fresh set of metrics with its own registry.
+    pub fn new() -> Self {
+        let mut r = PromRegistry::with_prefix("heartwire");
+        let accepts = counter(&mut r, "accepts", "TCP connections accepted");
+        let accept_errors = counter(&mut r, "accept_errors", "Failed accept calls");
+        let closes = family(
+            &mut r,
+            "closes",
+            "Connections closed, by reason (the bye reason, or connection_lost)",
+            "reason",
+            CLOSE_REASONS,
+        );
+        let slow_consumer_closes = counter(
+            &mut r,
+            "slow_consumer_closes",
+            "Connections cut off because their outbound queue reached its byte budget",
+        );
+        let frames_in = family(
+            &mut r,
+            "frames_in",
+            "Frames received, by type",
+            "type",
+            IN_TYPES,
+        );
+        let frames_out = family(
+            &mut r,
+            "frames_out",
+            "Frames written to sockets, by type",
+            "type",
+            OUT_TYPES,
+        );
+        let bytes_in = counter(&mut r, "bytes_in", "Bytes of frames received");
+        let bytes_out = counter(&mut r, "bytes_out", "Bytes written to sockets");
+        let rtt = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        r.register(
+            "heartbeat_rtt_seconds",
+            "Round trip of answered heartbeat pings",
+            rtt.clone(),
+        );
+        let misses = counter(
+            &mut r,
+            "heartbeat_misses",
+            "Heartbeat ticks that found the previous ping unanswered",
+        );
+        let sweep_sessions = counter(
+            &mut r,
+            "sweep_removed_sessions",
+            "Sessions the registry sweep removed because their actor died without unregistering",
+        );
+        let sweep_rooms = counter(
+            &mut r,
+            "sweep_removed_rooms",
+            "Empty rooms the registry sweep removed",
+        );
+        let connections = gauge(&mut r, "connections", "Open connections (sessions)");
+        let identified = gauge(
+            &mut r,
+            "identified_connections",
+            "Connections that completed the handshake",
+        );
+        let users = gauge(&mut r, "users", "Distinct users connected");
+        let rooms = gauge(&mut r, "rooms", "Rooms with at least one subscriber");
+        let draining = gauge(&mut r, "draining", "1 while the server is shutting down");
+        let history_rooms = gauge(
+            &mut r,
+            "history_rooms",
+            "Rooms the broker keeps a stream of",
+        );
+        let history_messages = gauge(
+            &mut r,
+            "history_messages",
+            "Messages kept in room histories, all rooms together",
+        );
+        Metrics {
+            registry: r,
+            accepts,
+            accept_errors,
+            closes,
+            slow_consumer_closes,
+            frames_in,
+            frames_out,
+            bytes_in,
+            bytes_out,
+            rtt,
+            misses,
+            sweep_sessions,
+            sweep_rooms,
+            connections,
+            identified,
+            users,
+            rooms,
+            draining,
+            history_rooms,
+            history_messages,
+        }
+    }
+
+    /// The registry, to register the application's own metrics next to heartwire's (they are
+    /// then served by `/metrics` too). Registration needs `&mut`: do it before the server
+    /// starts, or use a registry of your own.
+    pub fn registry(&self) -> &PromRegistry {
+        &self.registry
+    }
+
+    /// Encodes every metric in the OpenMetrics text format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    /// A connection was accepted.
+    pub fn accepted(&self) {
+        self.accepts.inc();
+    }
+
+    /// An accept call failed.
+    pub fn accept_failed(&self) {
+        self.accept_errors.inc();
+    }
+
+    /// A connection ended; `reason` is the reason its close began with (`None`: the socket
+    /// failed first).
+    pub fn closed(&self, reason: Option<ByeReason>) {
+        let label = reason.map_or("connection_lost", ByeReason::as_str);
+        if let Some(i) = CLOSE_REASONS.iter().position(|r| *r == label) {
+            self.closes[i].inc();
+        }
+        if reason == Some(ByeReason::SlowConsumer) {
+            self.slow_consumer_closes.inc();
+        }
+    }
+
+    /// A line arrived and was parsed into `frame`.
+    pub fn frame_in(&self, frame: &Result<Inbound<'_>, ParseError>, len: usize) {
+        let i = match frame {
+            Ok(Inbound::Hello(_)) => 0,
+            Ok(Inbound::Ping(_)) => 1,
+            Ok(Inbound::Pong(_)) => 2,
+            Ok(Inbound::Subscribe(_)) => 3,
+            Ok(Inbound::Unsubscribe(_)) => 4,
+            Ok(Inbound::Publish(_)) => 5,
+            Ok(Inbound::Send(_)) => 6,
+            Ok(Inbound::Bye(_)) => 7,
+            Ok(Inbound::Other { kind, .. }) if kind == "presence" => 8,
+            Ok(Inbound::Other { .. }) => 9,
+            Err(_) => 10,
+        };
+        self.frames_in[i].inc();
+        // The newline is part of what came over the wire.
+        self.bytes_in.inc_by(len as u64 + 1);
+    }
+
+    /// A batch of frames was written to a socket.
+    pub fn frames_written(&self, batch: &[Bytes]) {
+        let mut tally = [0u64; OUT_TYPES.len()];
+        let mut bytes = 0;
+        for frame in batch {
+            tally[out_type(frame)] += 1;
+            bytes += frame.len() as u64;
+        }
+        for (counter, n) in self.frames_out.iter().zip(tally) {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+        self.bytes_out.inc_by(bytes);
+    }
+
+    /// A ping was answered after `rtt`.
+    pub fn heartbeat_rtt(&self, rtt: Duration) {
+        self.rtt.observe(rtt.as_secs_f64());
+    }
+
+    /// A heartbeat tick found the previous ping unanswered.
+    pub fn heartbeat_missed(&self) {
+        self.misses.inc();
+    }
+
+    /// The registry sweep removed dead sessions and empty rooms.
+    pub fn swept(&self, sessions: usize, rooms: usize) {
+        self.sweep_sessions.inc_by(sessions as u64);
+        self.sweep_rooms.inc_by(rooms as u64);
+    }
+
+    /// Sets the values read from the registry and the broker at scrape time.
+    pub fn set_levels(&self, levels: &Levels) {
+        let g = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.connections.set(g(levels.connections));
+        self.identified.set(g(levels.identified));
+        self.users.set(g(levels.users));
+        self.rooms.set(g(levels.rooms));
+        self.draining.set(i64::from(levels.draining));
+        if let Some((rooms, messages)) = levels.history {
+            self.history_rooms.set(g(rooms));
+            self.history_messages.set(g(messages));
+        }
+    }
+}
+
+/// Current levels, read at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Levels {
+    /// Open connections.
+    pub connections: usize,
+    /// Connections past the handshake.
+    pub identified: usize,
+    /// Distinct users.
+    pub users: usize,
+    /// Rooms with subscribers.
+    pub rooms: usize,
+    /// Shutting down.
+    pub draining: bool,
+    /// Rooms and messages the broker keeps, when it can tell.
+    pub history: Option<(usize, usize)>,
+}
+
+/// The label index of an encoded outbound frame. Frames the server encodes start with
+/// `{"type":"NAME"` (the tag is serialised first), so a prefix comparison is enough.
+fn out_type(frame: &[u8]) -> usize {
+    const APP: usize = OUT_TYPES.len() - 1;
+    const HEAD: &[u8] = b"{\"type\":\"";
+    let Some(rest) = frame.strip_prefix(HEAD) else {
+        return APP;
+    };
+    let Some(end) = rest.iter().take(16).position(|b| *b == b'"') else {
+        return APP;
+    };
+    let name = &rest[..end];
+    OUT_TYPES[..APP]
+        .iter()
+        .position(|t| t.as_bytes() == name)
+        .unwrap_or(APP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_outbound_frames_by_prefix() {
+        assert_eq!(
+            OUT_TYPES[out_type(b"{\"type\":\"message\",\"room\":1}\n")],
+            "message"
+        );
+        assert_eq!(OUT_TYPES[out_type(b"{\"type\":\"bye\"}\n")], "bye");
+        assert_eq!(OUT_TYPES[out_type(b"{\"type\":\"whoami\"}\n")], "app");
+        assert_eq!(
+            OUT_TYPES[out_type(b"{\"id\":1,\"type\":\"ping\"}\n")],
+            "app"
+        );
+        assert_eq!(OUT_TYPES[out_type(b"")], "app");
+    }
+
+    fn text_has(m: &Metrics, needle: &str) -> bool {
+        m.encode().contains(needle)
+    }
+
+    #[test]
+    fn encodes_with_prefix_and_counts() {
+        let m = Metrics::new();
+        m.accepted();
+        m.frames_written(&[
+            Bytes::from_static(b"{\"type\":\"ping\",\"seq\":1}\n"),
+            Bytes::from_static(b"{\"type\":\"ping\",\"seq\":2}\n"),
+        ]);
+        m.closed(Some(ByeReason::SlowConsumer));
+        m.closed(None);
+        assert!(text_has(
+            &m,
+            "heartwire_closes_total{reason=\"connection_lost\"} 1\n"
+        ));
+        let text = m.encode();
+        assert!(text.contains("heartwire_accepts_total 1\n"), "{text}");
+        assert!(
+            text.contains("heartwire_frames_out_total{type=\"ping\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("heartwire_closes_total{reason=\"slow_consumer\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("heartwire_slow_consumer_closes_total 1\n"));
+        assert!(text.ends_with("# EOF\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("heartwire_"), "{line}");
+        }
+    }
+}
