@@ -75,7 +75,7 @@ const OUT_TYPES: [&str; 13] = [
 
 /// `reason` labels of closed connections: the `bye` reasons, and `connection_lost` for a
 /// socket that failed before any close began.
-const CLOSE_REASONS: [&str; 10] = [
+const CLOSE_REASONS: [&str; 13] = [
     "normal",
     "heartbeat_timeout",
     "handshake_timeout",
@@ -85,7 +85,20 @@ const CLOSE_REASONS: [&str; 10] = [
     "protocol_error",
     "unauthorized",
     "kicked",
+    "max_age",
+    "too_many_connections",
+    "rate_limited",
     "connection_lost",
+];
+
+/// `limit` labels of [`Metrics::limit_hit`]: the configuration key of the limit.
+const LIMITS: [&str; 6] = [
+    "max_connections",
+    "max_connections_per_ip",
+    "accept_rate",
+    "max_sessions_per_user",
+    "max_rooms_per_session",
+    "message_rate",
 ];
 
 type Labels = [(&'static str, &'static str); 1];
@@ -105,6 +118,7 @@ pub struct Metrics {
     misses: Counter,
     sweep_sessions: Counter,
     sweep_rooms: Counter,
+    limits: [Counter; LIMITS.len()],
     connections: Gauge,
     identified: Gauge,
     users: Gauge,
@@ -208,6 +222,13 @@ impl Metrics {
             "sweep_removed_rooms",
             "Empty rooms the registry sweep removed",
         );
+        let limits = family(
+            &mut r,
+            "limit_hits",
+            "Times a configured limit refused or delayed something, by limit (its config key)",
+            "limit",
+            LIMITS,
+        );
         let connections = gauge(&mut r, "connections", "Open connections (sessions)");
         let identified = gauge(
             &mut r,
@@ -241,6 +262,7 @@ impl Metrics {
             misses,
             sweep_sessions,
             sweep_rooms,
+            limits,
             connections,
             identified,
             users,
@@ -285,6 +307,13 @@ impl Metrics {
         }
         if reason == Some(ByeReason::SlowConsumer) {
             self.slow_consumer_closes.inc();
+        }
+    }
+
+    /// A limit triggered; `limit` is its config key (e.g. `"max_connections_per_ip"`).
+    pub fn limit_hit(&self, limit: &str) {
+        if let Some(i) = LIMITS.iter().position(|l| *l == limit) {
+            self.limits[i].inc();
         }
     }
 

@@ -228,7 +228,8 @@ impl AcceptLoop {
     async fn run(self) {
         let mut next = 0usize;
         loop {
-            if let Some(rate) = &self.accept_rate {
+            if let Some(rate) = self.accept_rate.as_ref().filter(|r| r.check().is_err()) {
+                self.shared.metrics.limit_hit("accept_rate");
                 // Waiting here leaves new connections in the listen backlog.
                 tokio::select! {
                     () = self.stop.cancelled() => break,
@@ -260,6 +261,10 @@ impl AcceptLoop {
                         .tls
                         .is_none()
                         .then_some(self.shared.config.shutdown_reconnect);
+                    self.shared.metrics.limit_hit(match refusal {
+                        Refusal::ServerFull => "max_connections",
+                        Refusal::IpLimit => "max_connections_per_ip",
+                    });
                     refuse(&stream, refusal, bye);
                     continue;
                 }

@@ -294,6 +294,7 @@ impl Session {
             return true;
         }
         self.rate_violations += 1;
+        self.shared.metrics.limit_hit("message_rate");
         if self.rate_violations == 1 {
             tracing::info!(parent: &self.span, "rate limit reached");
         }

@@ -258,6 +258,11 @@ async fn max_connections_refuses_with_server_full() {
     assert_eq!(frames[0]["reason"], "server_full");
     let hint = frames[0]["reconnect_ms"].as_u64().unwrap();
     assert!((400..=800).contains(&hint), "{hint}");
+    let metrics = server.render_metrics().await.unwrap();
+    assert!(
+        metrics.contains("heartwire_limit_hits_total{limit=\"max_connections\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[actix_rt::test]
@@ -368,6 +373,12 @@ async fn message_rate_limits_then_closes_sustained_abuse() {
         Some(&json!({"type": "bye", "reason": "rate_limited"}))
     );
     assert!(frames.iter().any(|f| f["code"] == "rate_limited"));
+    let metrics = server.render_metrics().await.unwrap();
+    assert!(
+        metrics.contains("heartwire_closes_total{reason=\"rate_limited\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("heartwire_limit_hits_total{limit=\"message_rate\"} 0"));
 }
 
 #[actix_rt::test]
