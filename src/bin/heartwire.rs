@@ -1,4 +1,4 @@
-//! The `heartwire` command: `heartwire serve` runs a server.
+//! The `heartwire` command: `heartwire serve` runs a server, `heartwire bench` measures one.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -26,6 +26,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Mint an HS256 token for `hello.token`, for testing a server run with --jwt-secret.
     Token(TokenArgs),
+    /// Load a server with many connections and measure it (idle, fanout, detect, churn).
+    Bench(Box<heartwire::bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),
+        Command::Bench(args) => heartwire::bench::run_cli(*args),
     }
 }
 
