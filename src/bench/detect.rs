@@ -101,10 +101,12 @@ pub(crate) async fn silent_client(ctx: Arc<ShardCtx>, index: usize, slot: Slot) 
                     "ping" => {
                         ctx.add(|c| &c.pings);
                         if !silent {
+                            // Stamped before the write: the server cannot have read the pong
+                            // before this instant, so a measured delay never undercounts.
+                            last_sent = Instant::now();
                             if conn.send(&client::pong_line(frame.seq)).await.is_err() {
                                 break;
                             }
-                            last_sent = Instant::now();
                         }
                     }
                     "bye" if bye.is_none() => {

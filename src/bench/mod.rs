@@ -564,7 +564,15 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
         }
     }
     let window_seconds = window_started.elapsed().as_secs_f64();
-    let server_window = sampler.and_then(|s| s.finish().ok());
+    let server_window = sampler.map(Sampler::finish);
+    if let (Some(pid), Some(w)) = (args.server_pid, &server_window) {
+        if w.exited {
+            warnings.push(format!(
+                "the server process {pid} exited during the window: its figures stop at the \
+                 last reading before that"
+            ));
+        }
+    }
     let self_cpu = self_cpu_before
         .zip(proc::sample(None).ok())
         .map(|(before, after)| (after.cpu_seconds - before).max(0.0));
@@ -631,6 +639,7 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
                 .then(|| tally.delivered as f64 / w.cpu_seconds),
             threads: w.threads,
             open_file_limit: server_fd_limit,
+            exited: w.exited,
         }),
         _ => None,
     };

@@ -142,6 +142,7 @@ pub fn parse_open_file_limit(text: &str) -> Option<u64> {
 pub struct Sampler {
     pid: u32,
     start: ProcSample,
+    last: ProcSample,
     samples: u32,
     rss_max_kib: u64,
     rss_sum_kib: u64,
@@ -161,6 +162,9 @@ pub struct Window {
     pub anon_mean_kib: u64,
     /// Threads at the end.
     pub threads: u64,
+    /// The process could not be read at the end (it exited during the window); the figures
+    /// stop at the last successful reading.
+    pub exited: bool,
 }
 
 impl Sampler {
@@ -170,6 +174,7 @@ impl Sampler {
         Ok(Sampler {
             pid,
             start,
+            last: start,
             samples: 1,
             rss_max_kib: start.rss_kib,
             rss_sum_kib: start.rss_kib,
@@ -185,24 +190,32 @@ impl Sampler {
     }
 
     fn add(&mut self, s: ProcSample) {
+        self.last = s;
         self.samples += 1;
         self.rss_max_kib = self.rss_max_kib.max(s.rss_kib);
         self.rss_sum_kib += s.rss_kib;
         self.anon_sum_kib += s.rss_anon_kib;
     }
 
-    /// Takes the last reading and summarises the window.
-    pub fn finish(mut self) -> io::Result<Window> {
-        let end = sample(Some(self.pid))?;
-        self.add(end);
+    /// Takes the last reading and summarises the window. A process that has exited is
+    /// summarised up to its last reading, with `exited` set.
+    pub fn finish(mut self) -> Window {
+        let exited = match sample(Some(self.pid)) {
+            Ok(end) => {
+                self.add(end);
+                false
+            }
+            Err(_) => true,
+        };
         let n = u64::from(self.samples);
-        Ok(Window {
-            cpu_seconds: (end.cpu_seconds - self.start.cpu_seconds).max(0.0),
+        Window {
+            cpu_seconds: (self.last.cpu_seconds - self.start.cpu_seconds).max(0.0),
             rss_mean_kib: self.rss_sum_kib / n,
             rss_max_kib: self.rss_max_kib,
             anon_mean_kib: self.anon_sum_kib / n,
-            threads: end.threads,
-        })
+            threads: self.last.threads,
+            exited,
+        }
     }
 }
 
@@ -268,8 +281,9 @@ mod tests {
         assert!(s.threads >= 1);
         let mut w = Sampler::start(std::process::id()).unwrap();
         w.tick();
-        let w = w.finish().unwrap();
+        let w = w.finish();
         assert!(w.rss_max_kib >= w.rss_mean_kib);
+        assert!(!w.exited);
         assert!(loadavg().is_some());
     }
 }

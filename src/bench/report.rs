@@ -120,6 +120,8 @@ pub struct ServerReport {
     pub threads: u64,
     /// The server's open-file limit.
     pub open_file_limit: Option<u64>,
+    /// The server exited during the window (figures stop at the last reading).
+    pub exited: bool,
 }
 
 /// Fan-out results.

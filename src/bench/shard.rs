@@ -291,8 +291,13 @@ impl ShardCtx {
         bump(&self.closes, key);
     }
 
-    /// Counts a connection the server closed while the bench was answering its pings.
+    /// Counts a connection the server closed while the bench was answering its pings. A close
+    /// seen once the bench is stopping is the bench's own doing (or a crash after the window)
+    /// and is only recorded under its reason.
     pub fn closed_unexpectedly(&self, phase: Phase, reason: &str) {
+        if phase == Phase::Stop {
+            return self.close_seen(format!("{}: {reason}", phase.name()));
+        }
         self.add(|c| &c.closed_unexpectedly);
         self.close_seen(format!("{}: {reason}", phase.name()));
     }
