@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;

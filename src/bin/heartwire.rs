@@ -1,4 +1,5 @@
-//! The `heartwire` command: `heartwire serve` runs a server, `heartwire connect` a client.
+//! The `heartwire` command: `heartwire serve` runs a server, `heartwire connect` a client,
+//! `heartwire bench` measures a server, `heartwire token` mints test tokens.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ enum Command {
     /// Connect to a server: print received messages as JSON lines on stdout, status on
     /// stderr, publish stdin lines; reconnects through server restarts.
     Connect(ConnectArgs),
+    /// Load a server with many connections and measure it (idle, fanout, detect, churn).
+    Bench(Box<heartwire::bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),
         Command::Connect(args) => heartwire::client::cli::run(args),
+        Command::Bench(args) => heartwire::bench::run_cli(*args),
     }
 }
 
