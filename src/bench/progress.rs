@@ -5,7 +5,7 @@
 //! terminal (indicatif hides itself otherwise) and never on standard output, which `--json`
 //! keeps for the report.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -15,6 +15,7 @@ use super::Mode;
 /// The live view of a bench run; a no-op when disabled.
 pub struct Progress {
     bar: ProgressBar,
+    ramp_started: std::sync::Mutex<Instant>,
 }
 
 impl Progress {
@@ -25,8 +26,13 @@ impl Progress {
         } else {
             ProgressDrawTarget::hidden()
         };
+        let bar = ProgressBar::with_draw_target(Some(0), target);
+        bar.set_style(
+            ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         Progress {
-            bar: ProgressBar::with_draw_target(None, target),
+            bar,
+            ramp_started: std::sync::Mutex::new(Instant::now()),
         }
     }
 
@@ -35,19 +41,25 @@ impl Progress {
         self.bar.set_length(total);
         self.bar.set_position(0);
         self.bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>6} [{bar:30}] {pos}/{len} {msg} ({elapsed}, {per_sec})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         self.bar.set_prefix("ramp");
+        self.bar.set_message("");
+        *self.ramp_started.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
     /// Shows the ramp's counters.
     pub fn ramp_update(&self, t: &Tally) {
         self.bar.set_position(t.resolved());
-        self.bar.set_message(format!("{} failed", t.failed));
+        let started = *self.ramp_started.lock().unwrap_or_else(|p| p.into_inner());
+        let seconds = started.elapsed().as_secs_f64();
+        let rate = (t.established + t.publishers) as f64 / seconds.max(1e-3);
+        self.bar.set_message(format!(
+            "{} failed, {:.1}s, {:.0} conn/s",
+            t.failed, seconds, rate
+        ));
     }
 
     /// Switches to a timed phase of `length` called `name`.
@@ -61,6 +73,7 @@ impl Progress {
                 .progress_chars("=> "),
         );
         self.bar.set_prefix(name.to_owned());
+        self.bar.set_message("");
     }
 
     /// Shows the window's counters after `elapsed`.
@@ -68,14 +81,14 @@ impl Progress {
         self.bar.set_position(elapsed.as_millis() as u64);
         let message = match mode {
             Mode::Idle => format!(
-                "{:.0}s  open {}  round trips {}  closed by server {}",
+                "{:.1}s  open {}  round trips {}  closed by server {}",
                 elapsed.as_secs_f64(),
                 t.open,
                 t.round_trips,
                 t.closed_unexpectedly
             ),
             Mode::Fanout => format!(
-                "{:.0}s  published {}  delivered {}  closed {}",
+                "{:.1}s  published {}  delivered {}  closed {}",
                 elapsed.as_secs_f64(),
                 t.published,
                 t.delivered,
@@ -90,7 +103,7 @@ impl Progress {
                 t.late
             ),
             Mode::Churn => format!(
-                "{:.0}s  cycles {}  failed {}",
+                "{:.1}s  cycles {}  failed {}",
                 elapsed.as_secs_f64(),
                 t.cycles,
                 t.cycle_failures
