@@ -40,7 +40,7 @@ use crate::registry::{self, Registry, RegistryError, SessionId};
 
 /// Initial size of a connection's read buffer; it grows as a frame needs it, up to
 /// `max_frame`.
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 128;
 
 /// What every session of one server shares.
 #[derive(Debug)]
@@ -136,7 +136,7 @@ impl Session {
             let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let wire_id: Arc<str> = format!("{}-{n}", shared.node).into();
             let span =
-                tracing::info_span!("session", id = %wire_id, %peer, user = tracing::field::Empty);
+                tracing::debug_span!("session", id = %wire_id, %peer, user = tracing::field::Empty);
             let outbox = Outbox::metered(shared.config.outbound_budget, shared.metrics.clone());
             let gauge = SessionGauge::new(wire_id.clone());
             let addr = ctx.address();
@@ -197,7 +197,9 @@ impl Session {
         &self.shared.registry
     }
 
-    /// The tracing span of this session; log with `parent: session.span()`.
+    /// The tracing span of this session (at `debug` level, so that it costs nothing per
+    /// connection under the default `info` filter); log with `parent: session.span()` and add
+    /// `session = %session.wire_id()` to events that must carry the id at `info`.
     pub fn span(&self) -> &Span {
         &self.span
     }
@@ -225,7 +227,9 @@ impl Session {
                 ByeReason::Normal | ByeReason::Shutdown | ByeReason::Kicked => {
                     tracing::debug!(parent: &self.span, %reason, "closing")
                 }
-                _ => tracing::info!(parent: &self.span, %reason, "closing"),
+                _ => {
+                    tracing::info!(parent: &self.span, session = %self.wire_id, %reason, "closing")
+                }
             }
         }
     }
@@ -247,7 +251,7 @@ impl Session {
                 .map(move |answer, act, ctx| match answer {
                     Ok(result) => then(act, ctx, result),
                     Err(e) => {
-                        tracing::error!(parent: &act.span, error = %e, "registry unreachable");
+                        tracing::error!(parent: &act.span, session = %act.wire_id, error = %e, "registry unreachable");
                         act.send_error(ErrorCode::Internal, "registry unavailable", None);
                     }
                 }),
@@ -296,7 +300,7 @@ impl Session {
         self.rate_violations += 1;
         self.shared.metrics.limit_hit("message_rate");
         if self.rate_violations == 1 {
-            tracing::info!(parent: &self.span, "rate limit reached");
+            tracing::info!(parent: &self.span, session = %self.wire_id, "rate limit reached");
         }
         self.send_error(ErrorCode::RateLimited, "too many frames; slow down", None);
         if self.rate_violations >= self.shared.config.limits.max_rate_violations {
@@ -309,7 +313,7 @@ impl Session {
     fn room_allowed(&self, room: &str, id: Option<&str>) -> bool {
         let allowed = self.room_policy.as_ref().is_none_or(|p| p.allows(room));
         if !allowed {
-            tracing::info!(parent: &self.span, room, "room not allowed by token");
+            tracing::info!(parent: &self.span, session = %self.wire_id, room, "room not allowed by token");
             self.send_error(
                 ErrorCode::Forbidden,
                 "your token does not allow this room",
@@ -420,7 +424,7 @@ impl Session {
                                 (identity.user, Some(identity.expires_in))
                             }
                             Err(error) => {
-                                tracing::info!(parent: &self.span, %error, "authentication failed");
+                                tracing::info!(parent: &self.span, session = %self.wire_id, %error, "authentication failed");
                                 self.send_error(ErrorCode::Unauthorized, &error.to_string(), None);
                                 return self.close(ByeReason::Unauthorized, None);
                             }
@@ -443,7 +447,7 @@ impl Session {
                         act.welcome(user, ctx);
                         if let Some(expires_in) = expires_in {
                             ctx.run_later(expires_in, |act, _| {
-                                tracing::info!(parent: &act.span, "token expired");
+                                tracing::info!(parent: &act.span, session = %act.wire_id, "token expired");
                                 act.send_error(ErrorCode::Unauthorized, "token expired", None);
                                 act.close(ByeReason::Unauthorized, None);
                             });
@@ -539,7 +543,7 @@ impl Session {
             Tick::Dead { missed } => {
                 self.gauge.set_missed(missed);
                 self.shared.metrics.heartbeat_missed();
-                tracing::info!(parent: &self.span, missed, "peer silent too long");
+                tracing::info!(parent: &self.span, session = %self.wire_id, missed, "peer silent too long");
                 self.close(ByeReason::HeartbeatTimeout, None);
             }
         }
@@ -594,7 +598,7 @@ impl StreamHandler<Result<Bytes, CodecError>> for Session {
         match item {
             Ok(line) => self.on_line(line, ctx),
             Err(CodecError::FrameTooLarge(max)) => {
-                tracing::info!(parent: &self.span, max, "frame too large");
+                tracing::info!(parent: &self.span, session = %self.wire_id, max, "frame too large");
                 self.close(ByeReason::FrameTooLarge, None);
             }
             Err(CodecError::Io(error)) => {
@@ -622,12 +626,14 @@ impl Handler<WriterDone> for Session {
 
     fn handle(&mut self, msg: WriterDone, ctx: &mut Self::Context) {
         match msg.0 {
-            WriterExit::Closed(reason) => tracing::info!(parent: &self.span, %reason, "closed"),
+            WriterExit::Closed(reason) => {
+                tracing::info!(parent: &self.span, session = %self.wire_id, %reason, "closed")
+            }
             WriterExit::TimedOut(reason) => {
-                tracing::warn!(parent: &self.span, %reason, "closed before the peer took its queued frames")
+                tracing::warn!(parent: &self.span, session = %self.wire_id, %reason, "closed before the peer took its queued frames")
             }
             WriterExit::Failed(error) => {
-                tracing::info!(parent: &self.span, %error, "connection lost")
+                tracing::info!(parent: &self.span, session = %self.wire_id, %error, "connection lost")
             }
         }
         ctx.stop();
