@@ -10,7 +10,8 @@ use clap::Args;
 
 use crate::config::{Config, ConfigError};
 
-fn duration(text: &str) -> Result<Duration, String> {
+/// Parses a human duration (`200ms`, `30s`, `5m`) for command-line options.
+pub fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (use a form like 200ms, 30s, 5m)"))
 }
 

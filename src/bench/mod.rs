@@ -32,6 +32,7 @@ pub mod shard;
 pub mod stats;
 pub mod worker;
 
+use crate::cli::duration;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -56,10 +57,6 @@ use self::worker::ShardHandle;
 const FD_RESERVE: u64 = 100;
 /// How long fan-out waits after publishing for the last deliveries.
 const FANOUT_DRAIN: Duration = Duration::from_secs(5);
-
-fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (use a form like 200ms, 30s, 5m)"))
-}
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]

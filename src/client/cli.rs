@@ -14,6 +14,7 @@
 //! SIGINT or SIGTERM (or, with `--exit-on-eof`, until stdin ends and every queued line is
 //! acknowledged), through any number of server restarts.
 
+use crate::cli::duration;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,10 +24,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{BackoffConfig, Client, ClientConfig, ClientEvent, ClientHandle, ClientTls};
-
-fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (use a form like 200ms, 30s, 5m)"))
-}
 
 /// Options of `heartwire connect`.
 #[derive(Debug, Clone, Args)]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::protocol::encode_line;
+use crate::protocol::{encode_line, Outbound};
 
 /// `welcome.heartbeat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -91,32 +91,18 @@ impl Message {
     /// The frame as one JSON line without its newline, in the wire shape
     /// (`{"type":"message",...}`): what `heartwire connect` prints.
     pub fn to_json_line(&self) -> String {
-        let mut line = encode_line(&MessageOut {
-            kind: "message",
+        let mut line = Outbound::Message {
             room: self.room.as_deref(),
             seq: self.seq,
             from: self.from.as_deref(),
             data: &self.data,
             id: self.id.as_deref(),
-        })
+        }
+        .encode()
         .to_vec();
         line.pop();
         String::from_utf8_lossy(&line).into_owned()
     }
-}
-
-#[derive(Serialize)]
-struct MessageOut<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    room: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<u64>,
-    from: Option<&'a str>,
-    data: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
 }
 
 /// `ack`.
