@@ -110,7 +110,7 @@ async fn silent_client_is_closed_inside_the_bound() {
     assert!(c.try_recv().await.is_none(), "socket closed after bye");
     assert!(silence > interval * 2, "closed too early: {silence:?}");
     assert!(
-        silence <= interval * 3 + Duration::from_millis(150),
+        silence <= interval * 3 + Duration::from_millis(250),
         "closed too late: {silence:?}"
     );
     assert!((2..=3).contains(&pings), "{pings} pings");
