@@ -63,22 +63,9 @@ pub enum Verdict {
 
 /// One client that answers pings until the window, then falls silent and times the close.
 pub(crate) async fn silent_client(ctx: Arc<ShardCtx>, index: usize, slot: Slot) {
-    let plan = &ctx.plan;
-    let user = format!("{}-{index}", plan.user);
     let since = Instant::now();
-    let opened = client::open(
-        plan.target,
-        plan.source(index),
-        &user,
-        plan.connect_timeout(),
-    )
-    .await;
-    let (mut conn, welcome) = match opened {
-        Ok(pair) => pair,
-        Err(failure) => {
-            ctx.fail(failure.key());
-            return drop(slot);
-        }
+    let Some((mut conn, welcome)) = ctx.open(index).await else {
+        return drop(slot);
     };
     let bound = welcome.heartbeat.map(Bound::from_welcome);
     ctx.established(welcome, since, false);

@@ -9,27 +9,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::client;
 use super::shard::{serve, ShardCtx, Slot};
 
 /// One idle connection: handshake, then answer pings until `Stop`.
 pub(crate) async fn client(ctx: Arc<ShardCtx>, index: usize, slot: Slot) {
-    let plan = &ctx.plan;
-    let user = format!("{}-{index}", plan.user);
     let since = Instant::now();
-    let opened = client::open(
-        plan.target,
-        plan.source(index),
-        &user,
-        plan.connect_timeout(),
-    )
-    .await;
-    let (mut conn, welcome) = match opened {
-        Ok(pair) => pair,
-        Err(failure) => {
-            ctx.fail(failure.key());
-            return drop(slot);
-        }
+    let Some((mut conn, welcome)) = ctx.open(index).await else {
+        return drop(slot);
     };
     ctx.established(welcome, since, false);
     drop(slot);

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::client::{Conn, Welcome};
+use super::client::{self, Conn, Welcome};
 use super::stats::Histogram;
 use super::{churn, detect, fanout, idle, Mode};
 
@@ -284,6 +284,26 @@ impl ShardCtx {
     pub fn fail(&self, key: String) {
         self.add(|c| &c.failed);
         bump(&self.failures, key);
+    }
+
+    /// Opens connection `index` of this shard and completes its handshake; a failure is
+    /// counted (never retried) and gives `None`.
+    pub async fn open(&self, index: usize) -> Option<(Conn, Welcome)> {
+        let plan = &self.plan;
+        let user = format!("{}-{index}", plan.user);
+        let opened = client::open(
+            plan.target,
+            plan.source(index),
+            &user,
+            plan.connect_timeout(),
+        );
+        match opened.await {
+            Ok(pair) => Some(pair),
+            Err(failure) => {
+                self.fail(failure.key());
+                None
+            }
+        }
     }
 
     /// Counts a close seen by a connection, under `key`.
