@@ -39,6 +39,8 @@ pub struct Heartbeat {
     next_seq: u64,
     missed: u32,
     last_rtt: Option<Duration>,
+    /// The latest ping has not been answered yet.
+    rtt_pending: bool,
 }
 
 impl Heartbeat {
@@ -52,6 +54,7 @@ impl Heartbeat {
             next_seq: 1,
             missed: 0,
             last_rtt: None,
+            rtt_pending: false,
         }
     }
 
@@ -61,14 +64,20 @@ impl Heartbeat {
         self.missed = 0;
     }
 
-    /// Records a `pong{seq}` answering our latest ping and measures the round trip.
-    pub fn pong(&mut self, seq: Option<u64>, now: Instant) {
+    /// Records a `pong{seq}`. The first answer to our latest ping measures the round trip,
+    /// which is returned; other pongs (late, repeated, or with a foreign seq) only prove
+    /// liveness.
+    pub fn pong(&mut self, seq: Option<u64>, now: Instant) -> Option<Duration> {
         self.received(now);
-        if let (Some(seq), Some(sent)) = (seq, self.last_ping) {
-            if seq + 1 == self.next_seq {
-                self.last_rtt = Some(now.saturating_duration_since(sent));
-            }
-        }
+        // `next_seq` starts at 1, so this never underflows; `seq` comes from the network.
+        let answers_latest = seq == Some(self.next_seq - 1);
+        let sent = self
+            .last_ping
+            .filter(|_| answers_latest && self.rtt_pending)?;
+        self.rtt_pending = false;
+        let rtt = now.saturating_duration_since(sent);
+        self.last_rtt = Some(rtt);
+        Some(rtt)
     }
 
     /// Decides what to do at a timer tick.
@@ -91,6 +100,7 @@ impl Heartbeat {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.last_ping = Some(now);
+        self.rtt_pending = true;
         Tick::Ping {
             seq,
             missed: self.missed,
@@ -167,6 +177,13 @@ mod tests {
         hb.pong(Some(1), t0 + I + Duration::from_millis(7));
         assert_eq!(hb.last_rtt(), Some(Duration::from_millis(7)));
         hb.pong(Some(0), t0 + I + Duration::from_millis(50));
+        assert_eq!(hb.last_rtt(), Some(Duration::from_millis(7)));
+        // a repeated answer proves liveness but measures nothing; a huge seq is no panic
+        assert_eq!(hb.pong(Some(1), t0 + I + Duration::from_millis(50)), None);
+        assert_eq!(
+            hb.pong(Some(u64::MAX), t0 + I + Duration::from_millis(50)),
+            None
+        );
         assert_eq!(hb.last_rtt(), Some(Duration::from_millis(7)));
         assert_eq!(hb.dead_by(), t0 + I + Duration::from_millis(50) + I * 3);
     }

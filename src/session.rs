@@ -262,8 +262,9 @@ impl Session {
         if self.closing || self.outbox.closing().is_some() {
             return;
         }
+        let now = Instant::now();
         if let Some(hb) = &mut self.heartbeat {
-            hb.received(Instant::now());
+            hb.received(now);
             self.gauge.alive(hb.dead_by());
         }
         if !self.within_rate() {
@@ -272,7 +273,7 @@ impl Session {
         let parsed = Inbound::parse_limited(&line, &self.shared.frame_limits);
         self.shared.metrics.frame_in(&parsed, line.len());
         match parsed {
-            Ok(frame) => self.dispatch(frame, &line, ctx),
+            Ok(frame) => self.dispatch(frame, &line, now, ctx),
             Err(ParseError::BadFrame(message)) => {
                 self.bad_frames += 1;
                 tracing::debug!(parent: &self.span, bad_frames = self.bad_frames, %message, "bad frame");
@@ -323,7 +324,14 @@ impl Session {
         allowed
     }
 
-    fn dispatch(&mut self, frame: Inbound<'_>, line: &Bytes, ctx: &mut Context<Self>) {
+    /// Handles a parsed frame that arrived at `now`.
+    fn dispatch(
+        &mut self,
+        frame: Inbound<'_>,
+        line: &Bytes,
+        now: Instant,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(user) = self.user.clone() else {
             return self.dispatch_before_hello(frame, ctx);
         };
@@ -332,13 +340,13 @@ impl Session {
                 self.outbox.push(Outbound::Pong { seq: ping.seq }.encode());
             }
             Inbound::Pong(pong) => {
-                if let Some(hb) = &mut self.heartbeat {
-                    let before = hb.last_rtt();
-                    hb.pong(pong.seq, Instant::now());
-                    if let Some(rtt) = hb.last_rtt().filter(|_| hb.last_rtt() != before) {
-                        self.gauge.set_rtt(rtt);
-                        self.shared.metrics.heartbeat_rtt(rtt);
-                    }
+                let rtt = self
+                    .heartbeat
+                    .as_mut()
+                    .and_then(|hb| hb.pong(pong.seq, now));
+                if let Some(rtt) = rtt {
+                    self.gauge.set_rtt(rtt);
+                    self.shared.metrics.heartbeat_rtt(rtt);
                 }
             }
             Inbound::Hello(_) => {

@@ -134,3 +134,22 @@ proptest! {
         });
     }
 }
+
+/// Sequence numbers come from the network: the largest one is no arithmetic overflow.
+#[actix_rt::test]
+async fn extreme_pong_and_ping_seqs_are_harmless() {
+    let server = start(Config {
+        heartbeat_interval: Duration::from_millis(50),
+        max_missed: 100,
+        ..config()
+    });
+    let (mut c, _) = Client::hello(server.local_addr(), "max").await;
+    c.auto_pong = false;
+    assert_eq!(c.recv().await["type"], "ping");
+    c.send(json!({"type": "pong", "seq": u64::MAX})).await;
+    c.send(json!({"type": "ping", "seq": u64::MAX})).await;
+    assert_eq!(
+        c.recv_non_ping().await,
+        json!({"type": "pong", "seq": u64::MAX})
+    );
+}
