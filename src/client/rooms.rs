@@ -146,7 +146,7 @@ impl Rooms {
                         last_seen: last,
                         previous_epoch: pos.epoch.clone().unwrap_or_default(),
                         epoch: s.epoch.clone(),
-                        resume_seq: s.seq + 1,
+                        resume_seq: s.seq.saturating_add(1),
                     }));
                 }
                 pos.last_seq = Some(s.seq);
@@ -158,7 +158,7 @@ impl Rooms {
                         last_seen: last,
                         previous_epoch: s.epoch.clone(),
                         epoch: s.epoch.clone(),
-                        resume_seq: s.seq + 1,
+                        resume_seq: s.seq.saturating_add(1),
                     }));
                 }
                 pos.last_seq = Some(last.max(s.seq));
