@@ -3,8 +3,7 @@
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use heartwire::codec::LineCodec;
-use heartwire::protocol::{Inbound, Outbound};
+use heartwire::testing::{encode_ping, parse_frame, LineCodec};
 use tokio_util::codec::Decoder;
 
 fn decode(c: &mut Criterion) {
@@ -33,20 +32,15 @@ fn decode(c: &mut Criterion) {
     });
     group.throughput(Throughput::Elements(1));
     group.bench_function("parse pong", |b| {
-        b.iter(|| Inbound::parse(std::hint::black_box(&pong[..pong.len() - 1])).is_ok())
+        b.iter(|| parse_frame(std::hint::black_box(&pong[..pong.len() - 1])))
     });
     let publish =
         br#"{"type":"publish","room":"lobby","id":"m-17","data":{"text":"hello there","n":[1,2,3]}}"#;
     group.bench_function("parse publish", |b| {
-        b.iter(|| Inbound::parse(std::hint::black_box(&publish[..])).is_ok())
+        b.iter(|| parse_frame(std::hint::black_box(&publish[..])))
     });
     group.bench_function("encode ping", |b| {
-        b.iter(|| {
-            Outbound::Ping {
-                seq: std::hint::black_box(12345),
-            }
-            .encode()
-        })
+        b.iter(|| encode_ping(std::hint::black_box(12345)))
     });
     group.finish();
 }

@@ -4,23 +4,19 @@
 //!   outboxes (reference-count bump, lock, queue).
 //! - `registry publish`: the whole in-process path for one `publish` to a room of N
 //!   subscribed sessions: registry actor, broker sequencing and encoding, N outbox pushes, N
-//!   writer tasks writing into in-memory pipes, and the subscribers reading. No sockets, so
-//!   this is the server's own cost per delivery without system calls.
+//!   writer tasks writing into in-memory pipes, and the subscribers reading. No sockets (the
+//!   server's listener is bound but unused), so this is the server's own cost per delivery
+//!   without system calls.
 
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use heartwire::broker::HistoryLimits;
-use heartwire::handler::Handlers;
-use heartwire::outbox::Outbox;
-use heartwire::registry::{Publish, Registry};
-use heartwire::session::{Session, SessionShared};
-use heartwire::{Config, MemoryBroker};
+use heartwire::testing::{start_session, Outbox};
+use heartwire::{Config, ServerBuilder, ServerHandle};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 fn outbox_push(c: &mut Criterion) {
@@ -46,26 +42,21 @@ fn outbox_push(c: &mut Criterion) {
     group.finish();
 }
 
-/// A room of `n` subscribed sessions over in-memory pipes, on the current actix arbiter.
-async fn room(n: usize) -> (actix::Addr<Registry>, Arc<AtomicU64>) {
+/// A room of `n` subscribed sessions over in-memory pipes, on the current actix arbiter, of
+/// a server whose own listener stays unused.
+async fn room(n: usize) -> (ServerHandle, Arc<AtomicU64>) {
     let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
         heartbeat_interval: Duration::from_secs(3600),
+        history_size: 16,
         ..Config::default()
     };
-    let registry = Registry::start_supervised(&actix_rt::Arbiter::current(), || {
-        let broker = MemoryBroker::new(HistoryLimits {
-            size: 16,
-            ttl: Duration::from_secs(60),
-        });
-        Registry::new(Rc::new(broker), Duration::from_secs(3600))
-    });
-    let metrics = Arc::new(heartwire::Metrics::new());
-    let shared = SessionShared::new(config, registry.clone(), Handlers::default(), None, metrics);
+    let server_handle = ServerBuilder::new(config).start().unwrap();
     let received = Arc::new(AtomicU64::new(0));
     let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
     for i in 0..n {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        Session::start(server, peer, shared.clone(), None);
+        start_session(&server_handle, server, peer);
         let (read, mut write) = tokio::io::split(client);
         let hello = format!(
             "{{\"type\":\"hello\",\"user\":\"u{i}\"}}\n{{\"type\":\"subscribe\",\"room\":\"lobby\"}}\n"
@@ -87,7 +78,12 @@ async fn room(n: usize) -> (actix::Addr<Registry>, Arc<AtomicU64>) {
             }
         });
     }
-    (registry, received)
+    (server_handle, received)
+}
+
+#[derive(serde::Serialize)]
+struct Data {
+    t: u32,
 }
 
 fn registry_publish(c: &mut Criterion) {
@@ -95,7 +91,7 @@ fn registry_publish(c: &mut Criterion) {
     group.sample_size(10);
     for n in [100usize, 1_000, 10_000] {
         let system = actix_rt::System::new();
-        let (registry, received) = system.block_on(room(n));
+        let (server, received) = system.block_on(room(n));
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(format!("registry publish to {n}"), |b| {
             b.iter_custom(|iters| {
@@ -103,16 +99,7 @@ fn registry_publish(c: &mut Criterion) {
                     let want = received.load(Ordering::Relaxed) + iters * n as u64;
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let data =
-                            serde_json::value::RawValue::from_string("{\"t\":1}".into()).unwrap();
-                        let publish = Publish {
-                            session: None,
-                            room: "lobby".into(),
-                            from: None,
-                            data,
-                            id: None,
-                        };
-                        registry.send(publish).await.unwrap().unwrap();
+                        server.publish("lobby", &Data { t: 1 }, None).await.unwrap();
                     }
                     while received.load(Ordering::Relaxed) < want {
                         tokio::task::yield_now().await;

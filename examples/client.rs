@@ -17,8 +17,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::StreamExt;
 use heartwire::client::{Client, ClientConfig, ClientError, ClientEvent};
-use heartwire::registry::Kick;
-use heartwire::{ByeReason, Config, ServerBuilder};
+use heartwire::{Config, ServerBuilder};
 use serde_json::json;
 
 /// Bob's application actor: it receives the client's events as ordinary actix messages.
@@ -73,10 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     if let Some(server) = &server {
         // Cut Alice off, and publish while she is away.
-        server
-            .registry()
-            .send(Kick::User("alice".into(), ByeReason::Kicked))
-            .await?;
+        server.kick_user("alice").await?;
         for n in 1..=3 {
             bob.publish("lobby", &json!({"text": format!("missed {n}")}))
                 .await?;

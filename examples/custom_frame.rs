@@ -3,8 +3,10 @@
 //! Three extension points, all in application code:
 //!
 //! * **A new frame type** routed to a function with [`ServerBuilder::frame_handler`]. The
-//!   function runs inside the session actor: it answers with [`Session::send_frame`] and can
-//!   ask the registry without blocking the session (see [`online`]).
+//!   function runs inside the session actor: it answers with [`Session::send_frame`], checks
+//!   room names like the server does ([`Session::allowed_room`]), reaches a room's members
+//!   ([`Session::broadcast`], see [`typing`]) and can ask the registry without blocking the
+//!   session (see [`online`]).
 //! * **A new actor message for sessions**: [`Announce`] is defined here, so this crate may
 //!   `impl Handler<Announce> for heartwire::Session` (the orphan rule allows it because the
 //!   message type is local). The session turns it into an `announce` frame for its client.
@@ -23,9 +25,13 @@
 //! {"type":"announce","to":"bob","text":"lunch?","id":"3"}
 //!   → {"type":"announced","id":"3","sessions":1}   (and bob gets
 //!     {"type":"announce","from":"alice","text":"lunch?"})
+//! {"type":"subscribe","room":"lobby"}              (both)
+//! {"type":"typing","room":"lobby"}
+//!   → bob gets {"type":"typing","room":"lobby","user":"alice"}
 //! ```
 
 use actix::prelude::*;
+use heartwire::protocol::encode_line;
 use heartwire::{AppFrame, Config, ErrorCode, Registry, ServerBuilder, Session};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -36,6 +42,7 @@ pub fn with_handlers(builder: ServerBuilder) -> ServerBuilder {
         .frame_handler("whoami", whoami)
         .frame_handler("online", online)
         .frame_handler("announce", announce)
+        .frame_handler("typing", typing)
 }
 
 /// Adds the request's `id` to a reply, when the request had one.
@@ -88,6 +95,34 @@ pub fn online(session: &mut Session, ctx: &mut Context<Session>, frame: AppFrame
     }));
 }
 
+/// The body of a `typing` frame.
+#[derive(Deserialize)]
+struct Typing {
+    room: String,
+}
+
+/// `{"type":"typing","room":"lobby"}`: the room's other members get
+/// `{"type":"typing","room":"lobby","user":"alice"}`, unsequenced and not kept in history.
+/// Only a member may say it is typing; names and the token's room claim are checked like
+/// any room frame.
+pub fn typing(session: &mut Session, ctx: &mut Context<Session>, frame: AppFrame) {
+    let id = frame.id.as_deref();
+    let Ok(Typing { room }) = frame.parse() else {
+        session.send_error(ErrorCode::BadRequest, "typing needs a string `room`", id);
+        return;
+    };
+    // Answers bad_request or forbidden itself when the name or the token's claim says no.
+    let Some(room) = session.allowed_room(&room, id) else {
+        return;
+    };
+    if !session.in_room(&room) {
+        session.send_error(ErrorCode::Forbidden, "subscribe to the room first", id);
+        return;
+    }
+    let event = json!({"type": "typing", "room": room, "user": session.user()});
+    session.broadcast(ctx, &room, encode_line(&event));
+}
+
 /// The body of an `announce` frame.
 #[derive(Deserialize)]
 struct AnnounceRequest {
@@ -114,7 +149,7 @@ pub fn announce(session: &mut Session, ctx: &mut Context<Session>, frame: AppFra
             return;
         };
         let message = Announce {
-            from: act.user().unwrap_or_default().to_owned(),
+            from: act.user().map(ToString::to_string).unwrap_or_default(),
             text: request.text,
         };
         for addr in &sessions {

@@ -19,7 +19,8 @@
 //! ```
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use heartwire::{Config, HttpApi, ServerBuilder, ServerHandle};
+use heartwire::http::HttpApi;
+use heartwire::{Config, ServerBuilder, ServerHandle};
 use serde::Deserialize;
 use serde_json::json;
 

@@ -24,7 +24,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use heartwire::registry::Publish;
 use heartwire::{Config, ServerBuilder};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
@@ -57,19 +56,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ = ticker.tick() => {
                 tick += 1;
                 let at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-                // A server-side push: no publishing session (so no ack) and `from: null`.
-                // The room sequences it like any publish and every subscriber receives it.
-                let push = Publish {
-                    session: None,
-                    room: "news".into(),
-                    from: None,
-                    data: serde_json::value::to_raw_value(&json!({"tick": tick, "at": at}))?,
-                    id: None,
-                };
-                match server.registry().send(push).await {
-                    Ok(Ok(seq)) => println!("pushed tick {tick} to news as seq {seq}"),
-                    Ok(Err(e)) => eprintln!("push failed: {e}"),
-                    Err(e) => eprintln!("registry unreachable: {e}"),
+                // A server-side push (`from: null`): the room sequences it like any publish
+                // and every subscriber receives it.
+                match server.publish("news", &json!({"tick": tick, "at": at}), None).await {
+                    Ok(seq) => println!("pushed tick {tick} to news as seq {seq}"),
+                    Err(e) => eprintln!("push failed: {e}"),
                 }
             }
             signal = &mut ctrl_c => {

@@ -6,17 +6,25 @@
 //! optional `rooms` claim limits what the user may subscribe and publish to. Patterns are
 //! exact room names or prefixes ending in `*` (`"team-42-*"`, `"*"`). Without a key the
 //! server trusts `hello.user` as claimed and says so at start.
+//!
+//! Verification needs the `jwt` feature; without it a configured key is a start-up error, so a
+//! server never runs unauthenticated by accident.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+#[cfg(feature = "jwt")]
+use std::time::{SystemTime, UNIX_EPOCH};
 
+#[cfg(feature = "jwt")]
 use jsonwebtoken::errors::ErrorKind;
+#[cfg(feature = "jwt")]
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+#[cfg(feature = "jwt")]
+use serde::Serialize;
 
 use crate::config::ConfigError;
-use crate::protocol::MAX_USER_LEN;
+use crate::names::UserName;
 
 /// `[auth]` settings.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -31,7 +39,12 @@ pub struct AuthConfig {
     pub leeway: Option<Duration>,
 }
 
+/// Shortest HS256 secret the server accepts.
+#[cfg(feature = "jwt")]
+const MIN_SECRET_LEN: usize = 16;
+
 /// Claims heartwire reads from a token. Other claims are ignored.
+#[cfg(feature = "jwt")]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
     /// The user.
@@ -46,18 +59,19 @@ pub struct Claims {
 
 /// Which rooms a user may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoomPolicy {
+pub(crate) struct RoomPolicy {
     patterns: Vec<String>,
 }
 
 impl RoomPolicy {
     /// A policy from `rooms` claim patterns.
-    pub fn new(patterns: Vec<String>) -> Self {
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))]
+    pub(crate) fn new(patterns: Vec<String>) -> Self {
         RoomPolicy { patterns }
     }
 
     /// Whether `room` matches one of the patterns.
-    pub fn allows(&self, room: &str) -> bool {
+    pub(crate) fn allows(&self, room: &str) -> bool {
         self.patterns.iter().any(|p| match p.strip_suffix('*') {
             Some(prefix) => room.starts_with(prefix),
             None => p == room,
@@ -67,17 +81,18 @@ impl RoomPolicy {
 
 /// A verified identity.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The user (`sub`).
-    pub user: Arc<str>,
+    pub(crate) user: UserName,
     /// Room restrictions; `None` allows every room.
-    pub rooms: Option<RoomPolicy>,
+    pub(crate) rooms: Option<RoomPolicy>,
     /// How long until the token expires (leeway included).
-    pub expires_in: Duration,
+    pub(crate) expires_in: Duration,
 }
 
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[cfg_attr(not(feature = "jwt"), allow(dead_code))]
 pub enum AuthError {
     /// `hello` had no token.
     #[error("a token is required")]
@@ -91,11 +106,13 @@ pub enum AuthError {
 }
 
 /// Verifies tokens; built once per server from [`AuthConfig`].
-pub struct Authenticator {
+#[cfg(feature = "jwt")]
+pub(crate) struct Authenticator {
     key: DecodingKey,
     validation: Validation,
 }
 
+#[cfg(feature = "jwt")]
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
@@ -104,9 +121,10 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+#[cfg(feature = "jwt")]
 impl Authenticator {
     /// The authenticator `config` describes, or `None` when no key is configured.
-    pub fn from_config(config: &AuthConfig) -> Result<Option<Authenticator>, ConfigError> {
+    pub(crate) fn from_config(config: &AuthConfig) -> Result<Option<Authenticator>, ConfigError> {
         let invalid = |key: &'static str, reason: String| ConfigError::Invalid { key, reason };
         let (key, algorithms) = match (&config.jwt_secret, &config.jwt_public_key) {
             (None, None) => return Ok(None),
@@ -117,12 +135,7 @@ impl Authenticator {
                 ))
             }
             (Some(secret), None) => {
-                if secret.len() < 16 {
-                    return Err(invalid(
-                        "auth.jwt_secret",
-                        "must be at least 16 bytes".into(),
-                    ));
-                }
+                check_secret(secret).map_err(|reason| invalid("auth.jwt_secret", reason))?;
                 (
                     DecodingKey::from_secret(secret.as_bytes()),
                     vec![Algorithm::HS256],
@@ -158,7 +171,7 @@ impl Authenticator {
     }
 
     /// Verifies `token` and returns who it speaks for.
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -166,31 +179,68 @@ impl Authenticator {
             },
         )?;
         let claims = data.claims;
-        if claims.sub.is_empty() || claims.sub.len() > MAX_USER_LEN {
-            return Err(AuthError::Invalid("`sub` must be 1 to 128 bytes".into()));
-        }
+        let user = UserName::new(&claims.sub)
+            .map_err(|e| AuthError::Invalid(format!("`sub` {}", e.reason())))?;
         let deadline = claims.exp.saturating_add(self.validation.leeway);
         Ok(Identity {
-            user: claims.sub.into(),
+            user,
             rooms: claims.rooms.map(RoomPolicy::new),
             expires_in: Duration::from_secs(deadline.saturating_sub(unix_now())),
         })
     }
 }
 
+/// Without the `jwt` feature no token can be verified; a configured key refuses to start.
+#[cfg(not(feature = "jwt"))]
+#[derive(Debug)]
+pub(crate) enum Authenticator {}
+
+#[cfg(not(feature = "jwt"))]
+impl Authenticator {
+    /// `None` when no key is configured; an error when one is, since it cannot be honoured.
+    pub(crate) fn from_config(config: &AuthConfig) -> Result<Option<Authenticator>, ConfigError> {
+        if config.jwt_secret.is_none() && config.jwt_public_key.is_none() {
+            return Ok(None);
+        }
+        Err(ConfigError::Invalid {
+            key: "auth.jwt_secret",
+            reason: "heartwire was built without the `jwt` feature".into(),
+        })
+    }
+
+    pub(crate) fn verify(&self, _token: &str) -> Result<Identity, AuthError> {
+        match *self {}
+    }
+}
+
+/// Checks an HS256 secret the way the server does, so that a token minted with it can be
+/// verified.
+#[cfg(feature = "jwt")]
+fn check_secret(secret: &str) -> Result<(), String> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(format!("must be at least {MIN_SECRET_LEN} bytes"));
+    }
+    Ok(())
+}
+
+#[cfg(feature = "jwt")]
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-/// Mints an HS256 token, for tests and `heartwire token`.
-pub fn mint(
+/// Mints an HS256 token, for tests and `heartwire token`. Refuses a secret or a user the
+/// server would refuse.
+#[cfg(feature = "jwt")]
+pub fn mint_token(
     secret: &str,
     user: &str,
     rooms: Option<Vec<String>>,
     ttl: Duration,
 ) -> Result<String, AuthError> {
+    check_secret(secret).map_err(|reason| AuthError::Invalid(format!("secret {reason}")))?;
+    UserName::new(user).map_err(|e| AuthError::Invalid(format!("user {}", e.reason())))?;
     let claims = Claims {
         sub: user.to_owned(),
         exp: unix_now().saturating_add(ttl.as_secs()),
@@ -204,7 +254,7 @@ pub fn mint(
     .map_err(|e| AuthError::Invalid(e.to_string()))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "jwt"))]
 mod tests {
     use super::*;
 
@@ -221,7 +271,7 @@ mod tests {
 
     #[test]
     fn valid_token_gives_user_and_rooms() {
-        let token = mint(
+        let token = mint_token(
             SECRET,
             "alice",
             Some(vec!["lobby".into(), "team-*".into()]),
@@ -229,7 +279,7 @@ mod tests {
         )
         .unwrap();
         let id = auth().verify(&token).unwrap();
-        assert_eq!(&*id.user, "alice");
+        assert_eq!(id.user.as_str(), "alice");
         let rooms = id.rooms.unwrap();
         assert!(
             rooms.allows("lobby")
@@ -242,7 +292,7 @@ mod tests {
 
     #[test]
     fn forged_and_expired_tokens_are_refused() {
-        let forged = mint(
+        let forged = mint_token(
             "another-secret-of-16",
             "alice",
             None,

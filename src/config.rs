@@ -68,6 +68,7 @@ pub struct Config {
     /// Connection, rate and size limits.
     pub limits: LimitsConfig,
     /// The HTTP API (off unless `http.listen` is set).
+    #[cfg(feature = "http")]
     pub http: crate::http::HttpConfig,
     /// Rooms whose subscribers get `join`/`leave` events: those whose name starts with one of
     /// these prefixes (`"*"` or `""` matches every room). Empty: no events.
@@ -76,7 +77,7 @@ pub struct Config {
 
 /// Kernel-level liveness settings applied to every accepted socket.
 ///
-/// Unset values are derived from the heartbeat (see [`Config::keepalive`]) so that the kernel
+/// Unset values are derived from the heartbeat so that the kernel
 /// gives up on a dead peer no later than the application heartbeat would.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -96,15 +97,15 @@ pub struct TcpConfig {
 
 /// Keep-alive values resolved from [`TcpConfig`] and the heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Keepalive {
+pub(crate) struct Keepalive {
     /// Idle time before the first probe.
-    pub idle: Duration,
+    pub(crate) idle: Duration,
     /// Time between probes.
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Probes before giving up.
-    pub retries: u32,
+    pub(crate) retries: u32,
     /// `TCP_USER_TIMEOUT`.
-    pub user_timeout: Duration,
+    pub(crate) user_timeout: Duration,
 }
 
 impl Default for Config {
@@ -130,6 +131,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            #[cfg(feature = "http")]
             http: crate::http::HttpConfig::default(),
             presence_events: Vec::new(),
         }
@@ -250,12 +252,13 @@ impl Config {
                 "prefixes must be at most 256 bytes",
             ));
         }
+        #[cfg(feature = "http")]
         self.http.validate()?;
         Ok(())
     }
 
     /// Number of worker arbiters: `workers`, or the number of cores when it is 0.
-    pub fn worker_count(&self) -> usize {
+    pub(crate) fn worker_count(&self) -> usize {
         if self.workers > 0 {
             self.workers
         } else {
@@ -273,7 +276,7 @@ impl Config {
     /// By default the kernel starts probing after one heartbeat interval of idleness and gives
     /// up (and `TCP_USER_TIMEOUT` fires) by `(max_missed + 1) × interval`: no later than the
     /// heartbeat would. The kernel counts whole seconds, so each value is at least 1 s.
-    pub fn keepalive(&self) -> Keepalive {
+    pub(crate) fn keepalive(&self) -> Keepalive {
         let secs = |d: Duration| Duration::from_secs(d.as_secs().max(1));
         let dead = secs(self.dead_after());
         let idle = self

@@ -1,49 +1,71 @@
 //! heartwire: long-lived TCP connections that stay healthy.
 //!
-//! A chat/push server and library built on actix actors. Every connection is a
-//! [`Session`] actor with its own heartbeat; a supervised [`Registry`] actor tracks users and
-//! rooms and fans messages out; a [`Broker`] sequences room messages and keeps the history
-//! that lets clients recover after a reconnect. The wire protocol (newline-delimited JSON)
-//! is described in `PROTOCOL.md`.
+//! A chat/push server and library built on actix actors. Every connection is a [`Session`]
+//! actor with its own heartbeat; a supervised [`Registry`] actor tracks users and rooms and
+//! fans messages out; a [`Broker`](broker::Broker) sequences room messages and keeps the
+//! history that lets clients recover after a reconnect. The wire protocol (newline-delimited
+//! JSON) is described in `docs/PROTOCOL.md`.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), heartwire::StartError> {
 //! let server = heartwire::ServerBuilder::new(heartwire::Config::default()).start()?;
 //! println!("listening on {}", server.local_addr());
+//! server.publish("lobby", &"hello", None).await.ok();
 //! server.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Layout
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`ServerBuilder`], [`ServerHandle`] | starting a server, and everything an application does with a running one |
+//! | [`Config`] | every setting, validated; sub-configs per subsystem |
+//! | [`Session`], [`FrameHandler`], [`AppFrame`] | the per-connection actor and the extension point for new frame types |
+//! | [`Registry`] | the actor that tracks users and rooms and fans out; applications may add `Handler<M> for Registry` |
+//! | [`broker`] | the seam where a room's sequence, history and dedupe live ([`MemoryBroker`]) |
+//! | [`names`] | room, user and id names, validated once against the configured limits |
+//! | [`protocol`] | the frame types a handler sends ([`ErrorCode`], [`ByeReason`], [`encode_line`](protocol::encode_line)) |
+//! | `http` (feature `http`) | the HTTP API, standalone or mounted in an actix-web app |
+//! | `client` (feature `client`) | the supervised client actor |
+//!
+//! # Cargo features
+//!
+//! `default = ["cli"]` builds the `heartwire` binary and everything it can switch on. An
+//! application embedding only the server takes `default-features = false` and adds what it
+//! needs: `http` (actix-web HTTP API), `tls` (rustls), `jwt` (token authentication),
+//! `client` (the client actor).
 #![deny(missing_docs)]
 
-pub mod auth;
-pub mod bench;
+mod auth;
 pub mod broker;
-pub mod cli;
+#[cfg(feature = "client")]
 pub mod client;
-pub mod codec;
-pub mod config;
-pub mod gauge;
-pub mod handle;
-pub mod handler;
-pub mod heartbeat;
+mod config;
+#[cfg(feature = "http")]
 pub mod http;
-pub mod limits;
-pub mod metrics;
-pub mod outbox;
-pub mod presence;
+mod limits;
+mod metrics;
+pub mod names;
+mod outbox;
 pub mod protocol;
-pub mod registry;
-pub mod server;
-pub mod session;
-pub mod tls;
+mod registry;
+mod server;
+mod session;
+#[doc(hidden)]
+pub mod testing;
+mod tls;
 
-pub use broker::{Broker, MemoryBroker};
-pub use config::Config;
-pub use handle::{ConnectionQuery, HandleError};
-pub use handler::{AppFrame, FrameHandler};
-pub use http::HttpApi;
-pub use metrics::Metrics;
+pub use auth::AuthConfig;
+#[cfg(feature = "jwt")]
+pub use auth::{mint_token, Claims};
+pub use broker::MemoryBroker;
+pub use config::{Config, ConfigError, TcpConfig};
+pub use limits::LimitsConfig;
+pub use names::{FrameId, NameError, RoomName, UserName};
 pub use protocol::{ByeReason, ErrorCode};
+pub use registry::admin::{ConnectionInfo, ConnectionPage, Overview, RoomDetails, RoomPage};
 pub use registry::{Registry, SessionId};
-pub use server::{ServerBuilder, ServerHandle, StartError};
-pub use session::Session;
+pub use server::{ConnectionQuery, HandleError, ServerBuilder, ServerHandle, StartError};
+pub use session::{AppFrame, FrameHandler, Session};
+pub use tls::TlsConfig;

@@ -15,7 +15,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 
 use crate::config::ConfigError;
-use crate::protocol::{MAX_ID_LEN, MAX_ROOM_LEN};
+use crate::names::{NameLimits, MAX_ID_LEN, MAX_ROOM_LEN};
 
 /// `[limits]` settings. A value of 0 turns a limit off where the text says so.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -99,8 +99,13 @@ impl LimitsConfig {
         Ok(())
     }
 
+    /// The name rules these limits set.
+    pub(crate) fn names(&self) -> NameLimits {
+        NameLimits::new(self.max_room_len, self.max_id_len)
+    }
+
     /// A per-session frame rate limiter, when `message_rate` is set.
-    pub fn session_rate_limiter(&self) -> Option<DefaultDirectRateLimiter> {
+    pub(crate) fn session_rate_limiter(&self) -> Option<DefaultDirectRateLimiter> {
         let rate = NonZeroU32::new(self.message_rate)?;
         let burst = NonZeroU32::new(self.message_burst).unwrap_or(rate);
         Some(RateLimiter::direct(
@@ -109,14 +114,14 @@ impl LimitsConfig {
     }
 
     /// A limiter for the accept loop, when `accept_rate` is set.
-    pub fn accept_rate_limiter(&self) -> Option<DefaultDirectRateLimiter> {
+    pub(crate) fn accept_rate_limiter(&self) -> Option<DefaultDirectRateLimiter> {
         let rate = NonZeroU32::new(self.accept_rate)?;
         Some(RateLimiter::direct(Quota::per_second(rate)))
     }
 
     /// This connection's age limit with ±10% jitter, so connections accepted together do not
     /// all end together.
-    pub fn jittered_max_age(&self) -> Option<Duration> {
+    pub(crate) fn jittered_max_age(&self) -> Option<Duration> {
         self.max_connection_age
             .map(|age| age.mul_f64(0.9 + 0.2 * fastrand::f64()))
     }
@@ -124,7 +129,7 @@ impl LimitsConfig {
 
 /// Why a new connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// `max_connections` reached.
     ServerFull,
     /// `max_connections_per_ip` reached for this address.
@@ -133,7 +138,7 @@ pub enum Refusal {
 
 /// Counts open connections, in total and per IP, and hands out permits.
 #[derive(Debug)]
-pub struct ConnectionTracker {
+pub(crate) struct ConnectionTracker {
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     max_total: usize,
@@ -142,14 +147,14 @@ pub struct ConnectionTracker {
 
 /// One admitted connection; dropping it (also when a session dies by a panic) frees its slot.
 #[derive(Debug)]
-pub struct ConnectionPermit {
+pub(crate) struct ConnectionPermit {
     tracker: Arc<ConnectionTracker>,
     ip: Option<IpAddr>,
 }
 
 impl ConnectionTracker {
     /// A tracker enforcing `limits`.
-    pub fn new(limits: &LimitsConfig) -> Arc<Self> {
+    pub(crate) fn new(limits: &LimitsConfig) -> Arc<Self> {
         Arc::new(ConnectionTracker {
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
@@ -159,12 +164,13 @@ impl ConnectionTracker {
     }
 
     /// Connections open now.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
     /// Admits a connection from `ip`, or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
         let admitted = self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {

@@ -37,6 +37,7 @@ use prometheus_client::registry::Registry as PromRegistry;
 use crate::protocol::{ByeReason, Inbound, ParseError};
 
 /// The content type of [`Metrics::encode`]'s output.
+#[cfg(feature = "http")]
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// `type` labels of inbound frames. `app` is a frame for an application handler (or for
@@ -169,7 +170,7 @@ fn gauge(registry: &mut PromRegistry, name: &str, help: &str) -> Gauge {
 
 impl Metrics {
     /// A fresh set of metrics with its own registry.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut r = PromRegistry::with_prefix("heartwire");
         let accepts = counter(&mut r, "accepts", "TCP connections accepted");
         let accept_errors = counter(&mut r, "accept_errors", "Failed accept calls");
@@ -273,15 +274,8 @@ impl Metrics {
         }
     }
 
-    /// The registry, to register the application's own metrics next to heartwire's (they are
-    /// then served by `/metrics` too). Registration needs `&mut`: do it before the server
-    /// starts, or use a registry of your own.
-    pub fn registry(&self) -> &PromRegistry {
-        &self.registry
-    }
-
     /// Encodes every metric in the OpenMetrics text format ([`CONTENT_TYPE`]).
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
@@ -289,18 +283,18 @@ impl Metrics {
     }
 
     /// A connection was accepted.
-    pub fn accepted(&self) {
+    pub(crate) fn accepted(&self) {
         self.accepts.inc();
     }
 
     /// An accept call failed.
-    pub fn accept_failed(&self) {
+    pub(crate) fn accept_failed(&self) {
         self.accept_errors.inc();
     }
 
     /// A connection ended; `reason` is the reason its close began with (`None`: the socket
     /// failed first).
-    pub fn closed(&self, reason: Option<ByeReason>) {
+    pub(crate) fn closed(&self, reason: Option<ByeReason>) {
         let label = reason.map_or("connection_lost", ByeReason::as_str);
         if let Some(i) = CLOSE_REASONS.iter().position(|r| *r == label) {
             self.closes[i].inc();
@@ -311,14 +305,14 @@ impl Metrics {
     }
 
     /// A limit triggered; `limit` is its config key (e.g. `"max_connections_per_ip"`).
-    pub fn limit_hit(&self, limit: &str) {
+    pub(crate) fn limit_hit(&self, limit: &str) {
         if let Some(i) = LIMITS.iter().position(|l| *l == limit) {
             self.limits[i].inc();
         }
     }
 
     /// A line arrived and was parsed into `frame`.
-    pub fn frame_in(&self, frame: &Result<Inbound<'_>, ParseError>, len: usize) {
+    pub(crate) fn frame_in(&self, frame: &Result<Inbound<'_>, ParseError>, len: usize) {
         let i = match frame {
             Ok(Inbound::Hello(_)) => 0,
             Ok(Inbound::Ping(_)) => 1,
@@ -338,7 +332,7 @@ impl Metrics {
     }
 
     /// A batch of frames was written to a socket.
-    pub fn frames_written(&self, batch: &[Bytes]) {
+    pub(crate) fn frames_written(&self, batch: &[Bytes]) {
         let mut tally = [0u64; OUT_TYPES.len()];
         let mut bytes = 0;
         for frame in batch {
@@ -354,23 +348,23 @@ impl Metrics {
     }
 
     /// A ping was answered after `rtt`.
-    pub fn heartbeat_rtt(&self, rtt: Duration) {
+    pub(crate) fn heartbeat_rtt(&self, rtt: Duration) {
         self.rtt.observe(rtt.as_secs_f64());
     }
 
     /// A heartbeat tick found the previous ping unanswered.
-    pub fn heartbeat_missed(&self) {
+    pub(crate) fn heartbeat_missed(&self) {
         self.misses.inc();
     }
 
     /// The registry sweep removed dead sessions and empty rooms.
-    pub fn swept(&self, sessions: usize, rooms: usize) {
+    pub(crate) fn swept(&self, sessions: usize, rooms: usize) {
         self.sweep_sessions.inc_by(sessions as u64);
         self.sweep_rooms.inc_by(rooms as u64);
     }
 
     /// Sets the values read from the registry and the broker at scrape time.
-    pub fn set_levels(&self, levels: &Levels) {
+    pub(crate) fn set_levels(&self, levels: &Levels) {
         let g = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         self.connections.set(g(levels.connections));
         self.identified.set(g(levels.identified));

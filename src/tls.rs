@@ -2,16 +2,24 @@
 //!
 //! The whole dependency tree uses one rustls crypto provider, *ring*, chosen explicitly here
 //! (no process-wide default is installed), so the server and the client library cannot
-//! disagree about which provider is active.
+//! disagree about which provider is active. Without the `tls` feature a configured
+//! certificate is a start-up error, never a silent fall-back to plain TCP.
 
 use std::path::PathBuf;
+#[cfg(feature = "tls")]
 use std::sync::Arc;
 
 use serde::Deserialize;
+#[cfg(feature = "tls")]
 use tokio_rustls::rustls::pki_types::pem::PemObject;
+#[cfg(feature = "tls")]
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+#[cfg(feature = "tls")]
 use tokio_rustls::rustls::{self, RootCertStore};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+#[cfg(feature = "tls")]
+pub(crate) use tokio_rustls::TlsAcceptor;
+#[cfg(feature = "tls")]
+use tokio_rustls::TlsConnector;
 
 use crate::config::ConfigError;
 
@@ -25,6 +33,12 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
 }
 
+/// Without the `tls` feature there is no acceptor to hold.
+#[cfg(not(feature = "tls"))]
+#[derive(Clone)]
+pub(crate) enum TlsAcceptor {}
+
+#[cfg(feature = "tls")]
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -35,7 +49,20 @@ fn invalid(key: &'static str, reason: String) -> ConfigError {
 
 impl TlsConfig {
     /// The acceptor this config describes, or `None` for plain TCP.
-    pub fn acceptor(&self) -> Result<Option<TlsAcceptor>, ConfigError> {
+    #[cfg(not(feature = "tls"))]
+    pub(crate) fn acceptor(&self) -> Result<Option<TlsAcceptor>, ConfigError> {
+        if self.cert.is_none() && self.key.is_none() {
+            return Ok(None);
+        }
+        Err(invalid(
+            "tls.cert",
+            "heartwire was built without the `tls` feature".into(),
+        ))
+    }
+
+    /// The acceptor this config describes, or `None` for plain TCP.
+    #[cfg(feature = "tls")]
+    pub(crate) fn acceptor(&self) -> Result<Option<TlsAcceptor>, ConfigError> {
         let (cert, key) = match (&self.cert, &self.key) {
             (None, None) => return Ok(None),
             (Some(cert), Some(key)) => (cert, key),
@@ -72,6 +99,7 @@ impl TlsConfig {
 
 /// A TLS connector trusting the CA certificates in `ca_pem` (a PEM file), for clients of a
 /// server with a private CA.
+#[cfg(feature = "tls")]
 pub fn connector_with_ca(ca_pem: &std::path::Path) -> Result<TlsConnector, ConfigError> {
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(ca_pem)

@@ -24,24 +24,48 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+#[cfg(feature = "tls")]
 use tokio_rustls::client::TlsStream;
+#[cfg(feature = "tls")]
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_util::codec::FramedRead;
+#[cfg(feature = "tls")]
 use tokio_util::either::Either;
 
 use super::backoff::Backoff;
 use super::config::ClientConfig;
+#[cfg(feature = "tls")]
+use super::config::ClientTls;
 use super::error::ClientError;
 use super::event::{ClientEvent, DisconnectReason, EventSink, Flush};
 use super::frames::{ClientFrame, ServerFrame, Welcome};
 use super::outgoing::{Kind, Outgoing, Reply};
 use super::rooms::{Delivery, Rooms};
-use crate::codec::{CodecError, LineCodec};
+use crate::names::{MAX_ID_LEN, MAX_ROOM_LEN, MAX_USER_LEN};
 use crate::outbox::{Outbox, WriterExit};
-use crate::protocol::{encode_line, ByeReason, MAX_ID_LEN, MAX_ROOM_LEN, MAX_USER_LEN};
+use crate::protocol::codec::{CodecError, LineCodec};
+use crate::protocol::{encode_line, ByeReason};
 
 /// A connection to the server: plain TCP or TLS over it.
+#[cfg(feature = "tls")]
 type Stream = Either<TcpStream, TlsStream<TcpStream>>;
+/// A connection to the server.
+#[cfg(not(feature = "tls"))]
+type Stream = TcpStream;
+
+/// Puts TLS over `tcp` when the client is configured for it.
+#[cfg(feature = "tls")]
+async fn secure(tcp: TcpStream, tls: Option<ClientTls>) -> Result<Stream, String> {
+    let Some(tls) = tls else {
+        return Ok(Stream::Left(tcp));
+    };
+    let name = ServerName::try_from(tls.server_name.clone())
+        .map_err(|e| format!("invalid TLS server name {:?}: {e}", tls.server_name))?;
+    let stream = tls.connector.connect(name, tcp).await;
+    stream
+        .map(Stream::Right)
+        .map_err(|e| format!("TLS handshake failed: {e}"))
+}
 
 /// The answer channel of a queued frame.
 pub type ReplyReceiver = oneshot::Receiver<Result<Reply, ClientError>>;
@@ -205,6 +229,7 @@ impl Client {
         self.generation += 1;
         let addr = self.config.addr.clone();
         let timeout = self.config.dial_timeout;
+        #[cfg(feature = "tls")]
         let tls = self.config.tls.clone();
         tracing::debug!(parent: &self.span, attempt = self.backoff.attempt(), "dialing");
         let connect = async move {
@@ -215,15 +240,10 @@ impl Client {
                 if let Err(e) = tcp.set_nodelay(true) {
                     tracing::debug!(error = %e, "TCP_NODELAY not set");
                 }
-                let Some(tls) = tls else {
-                    return Ok(Stream::Left(tcp));
-                };
-                let name = ServerName::try_from(tls.server_name.clone())
-                    .map_err(|e| format!("invalid TLS server name {:?}: {e}", tls.server_name))?;
-                let stream = tls.connector.connect(name, tcp).await;
-                stream
-                    .map(Stream::Right)
-                    .map_err(|e| format!("TLS handshake failed: {e}"))
+                #[cfg(feature = "tls")]
+                return secure(tcp, tls).await;
+                #[cfg(not(feature = "tls"))]
+                Ok(tcp)
             };
             match tokio::time::timeout(timeout, dial).await {
                 Ok(result) => result,
@@ -407,7 +427,7 @@ impl Client {
             ServerFrame::Ping(seq) => {
                 conn.outbox.push(ClientFrame::Pong { seq }.encode());
             }
-            ServerFrame::Pong(_) => {}
+            ServerFrame::Pong => {}
             ServerFrame::Subscribed(s) => {
                 for event in self.rooms.on_subscribed(s) {
                     self.emit(event, ctx);

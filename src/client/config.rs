@@ -10,14 +10,31 @@ use super::backoff::BackoffConfig;
 
 /// TLS for the client's connections: a rustls connector and the name to verify the server's
 /// certificate against.
+#[cfg(feature = "tls")]
 #[derive(Clone)]
 pub struct ClientTls {
-    /// The connector, e.g. from [`crate::tls::connector_with_ca`].
+    /// The connector, e.g. from [`ClientTls::with_ca`].
     pub connector: tokio_rustls::TlsConnector,
     /// DNS name or IP address the server's certificate must be valid for.
     pub server_name: String,
 }
 
+#[cfg(feature = "tls")]
+impl ClientTls {
+    /// TLS trusting the CA certificates in the PEM file `ca_pem` (a server with a private CA),
+    /// verifying the server's certificate against `server_name`.
+    pub fn with_ca(
+        ca_pem: &std::path::Path,
+        server_name: impl Into<String>,
+    ) -> Result<ClientTls, crate::ConfigError> {
+        Ok(ClientTls {
+            connector: crate::tls::connector_with_ca(ca_pem)?,
+            server_name: server_name.into(),
+        })
+    }
+}
+
+#[cfg(feature = "tls")]
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientTls")
@@ -61,6 +78,7 @@ pub struct ClientConfig {
     /// Mailbox capacity of the client actor (calls from handles beyond it wait).
     pub mailbox: usize,
     /// TLS settings; `None` connects in plain TCP.
+    #[cfg(feature = "tls")]
     pub tls: Option<ClientTls>,
 }
 
@@ -82,11 +100,13 @@ impl ClientConfig {
             outbound_budget: 256 * 1024,
             event_buffer: 256,
             mailbox: 64,
+            #[cfg(feature = "tls")]
             tls: None,
         }
     }
 
     /// Connects with TLS, verifying the server against `tls`.
+    #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: ClientTls) -> Self {
         self.tls = Some(tls);
         self

@@ -34,9 +34,6 @@ pub struct Welcome {
     /// Longest line the server accepts.
     #[serde(default)]
     pub max_frame: Option<usize>,
-    /// Server name and version.
-    #[serde(default)]
-    pub server: Option<String>,
 }
 
 /// `subscribed`.
@@ -108,14 +105,8 @@ impl Message {
 /// `ack`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Ack {
-    /// The acknowledged frame's id.
+    /// The acknowledged frame's id (the rest of the frame is read by the waiting caller).
     pub id: String,
-    /// Room seq given to a publish.
-    #[serde(default)]
-    pub seq: Option<u64>,
-    /// Sessions a `send` reached.
-    #[serde(default)]
-    pub delivered: Option<u64>,
 }
 
 /// `error`.
@@ -160,8 +151,8 @@ pub enum ServerFrame {
     Welcome(Welcome),
     /// `ping{seq}`: answer with `pong{seq}`.
     Ping(Option<u64>),
-    /// `pong{seq}`: answer to a client ping.
-    Pong(Option<u64>),
+    /// `pong`: answer to a client ping.
+    Pong,
     /// `subscribed`.
     Subscribed(Subscribed),
     /// `unsubscribed{room}`.
@@ -209,7 +200,7 @@ impl ServerFrame {
         Ok(match &*head.kind {
             "welcome" => ServerFrame::Welcome(body(line)?),
             "ping" => ServerFrame::Ping(body::<Seq>(line)?.seq),
-            "pong" => ServerFrame::Pong(body::<Seq>(line)?.seq),
+            "pong" => ServerFrame::Pong,
             "subscribed" => ServerFrame::Subscribed(body(line)?),
             "unsubscribed" => ServerFrame::Unsubscribed(body::<Unsubscribed>(line)?.room),
             "message" => ServerFrame::Message(body(line)?),
@@ -291,11 +282,6 @@ pub enum ClientFrame<'a> {
         data: &'a RawValue,
         /// Id for the ack.
         id: &'a str,
-    },
-    /// `bye`.
-    Bye {
-        /// Why the client leaves.
-        reason: &'a str,
     },
 }
 

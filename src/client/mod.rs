@@ -11,17 +11,17 @@
 //!   reconnects, even when the socket still looks open.
 //! - **Reconnect with backoff.** Exponential with full jitter, capped, reset after a
 //!   connection that stayed up; a server's `bye.reconnect_ms` is a lower bound
-//!   ([`backoff`]).
+//!   ([`BackoffConfig`]).
 //! - **Resume.** Every room is resubscribed with `since`/`epoch`; replayed messages are
 //!   delivered once and in order, and a hole that cannot be replayed is reported as
-//!   [`ClientEvent::Gap`], never skipped silently ([`rooms`]).
+//!   [`ClientEvent::Gap`], never skipped silently.
 //! - **Nothing lost.** Publishes and sends made while offline wait in a bounded queue (a full
 //!   queue is an error, not a drop); every publish has an id and unacknowledged ones are
-//!   resent, so with the server's dedupe each is delivered exactly once ([`outgoing`]).
+//!   resent, so with the server's dedupe each is delivered exactly once.
 //! - **Request/response** over the same connection: [`ClientHandle::request`] sends any frame
 //!   with an `id` and resolves with the server frame answering it, or times out.
 //!
-//! The [`Client`] actor runs under `actix::Supervisor` (see [`actor`] for the design); the
+//! The [`Client`] actor runs under `actix::Supervisor`; the
 //! application holds a [`ClientHandle`] and reads [`ClientEvent`]s from an [`Events`] stream
 //! and/or an actix `Recipient`.
 //!
@@ -42,22 +42,23 @@
 //! }
 //! ```
 
-pub mod actor;
-pub mod backoff;
-pub mod cli;
-pub mod config;
-pub mod error;
-pub mod event;
-pub mod frames;
-pub mod handle;
-pub mod outgoing;
-pub mod rooms;
+mod actor;
+mod backoff;
+mod config;
+mod error;
+mod event;
+mod frames;
+mod handle;
+mod outgoing;
+mod rooms;
 
 use actix::{Recipient, Supervisor};
 
 pub use actor::{Client, Status};
 pub use backoff::{Backoff, BackoffConfig};
-pub use config::{ClientConfig, ClientTls};
+pub use config::ClientConfig;
+#[cfg(feature = "tls")]
+pub use config::ClientTls;
 pub use error::ClientError;
 pub use event::{ClientEvent, DisconnectReason, EventSink, Events, Gap, Message};
 pub use handle::{ClientHandle, Pending, PublishAck, SendAck};

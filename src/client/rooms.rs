@@ -60,11 +60,6 @@ impl Rooms {
         self.rooms.remove(room).is_some()
     }
 
-    /// Whether the application is subscribed to `room`.
-    pub fn contains(&self, room: &str) -> bool {
-        self.rooms.contains_key(room)
-    }
-
     /// Subscribed rooms, in name order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.rooms.keys().map(String::as_str)
@@ -73,16 +68,6 @@ impl Rooms {
     /// A room's position.
     pub fn position(&self, room: &str) -> Option<&RoomPosition> {
         self.rooms.get(room)
-    }
-
-    /// Number of rooms.
-    pub fn len(&self) -> usize {
-        self.rooms.len()
-    }
-
-    /// Whether there are no rooms.
-    pub fn is_empty(&self) -> bool {
-        self.rooms.is_empty()
     }
 
     /// The `(room, since, epoch)` to send in a `subscribe` for `room`, marking it pending.

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::error::ApiError;
 use super::ApiState;
-use crate::handle::ConnectionQuery;
+use crate::server::ConnectionQuery;
 
 /// Registers the endpoints under the `/api` scope.
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {

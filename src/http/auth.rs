@@ -12,6 +12,8 @@ use actix_web::http::header;
 use actix_web::middleware::Next;
 use actix_web::{Error, ResponseError};
 
+use subtle::ConstantTimeEq;
+
 use super::error::ApiError;
 
 /// Lets the request through when no key is configured or when it carries the key.
@@ -49,9 +51,9 @@ fn bearer(value: &str) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-/// Compares without returning early at the first difference (the length is not secret).
+/// Compares in constant time (the length is not secret).
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::handle::HandleError;
+use crate::server::HandleError;
 
 /// An API error: status, machine-readable code, human-readable message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,7 +76,7 @@ impl ResponseError for ApiError {
 impl From<HandleError> for ApiError {
     fn from(e: HandleError) -> Self {
         match e {
-            HandleError::Invalid { .. } | HandleError::Encode(_) => {
+            HandleError::Invalid(_) | HandleError::Encode(_) => {
                 ApiError::bad_request(e.to_string())
             }
             HandleError::Registry(_) | HandleError::Broker(_) => {

@@ -5,9 +5,9 @@
 //! the registry through its `Addr` (inside a [`ServerHandle`] shared as `web::Data`), with the
 //! same awaited, mailbox-bounded requests sessions use. Two ways to run it:
 //!
-//! - **Standalone**: set `http.listen` (`--http ADDR`) and [`ServerBuilder::start`] starts an
-//!   HTTP server beside the TCP listener; [`ServerHandle::shutdown`] stops it after the drain,
-//!   so `/readyz` reports the drain while it lasts.
+//! - **Standalone**: set `http.listen` (`--http ADDR`) and start [`HttpService`] beside the
+//!   server; stop it after [`ServerHandle::shutdown`], so that `/readyz` reports the drain
+//!   while it lasts (the `heartwire` binary does exactly this).
 //! - **Embedded**: an actix-web application mounts [`HttpApi::configure`] in its own `App` (at
 //!   the root or in a scope) next to its own routes.
 //!
@@ -26,11 +26,14 @@
 //! | `GET /metrics` | | OpenMetrics text |
 //! | `GET /healthz`, `GET /readyz` | | `{status}`, `{ready}` (503 while draining) |
 //!
-//! With `http.api_key` set, `/api/*` needs `Authorization: Bearer <key>` ([`auth`]).
+//! With `http.api_key` set, `/api/*` needs `Authorization: Bearer <key>`, compared in
+//! constant time.
+//!
+//! The server does not know about this module: the dependency goes one way, from the API to
+//! the [`ServerHandle`] it drives.
 //!
 //! [`ServerHandle`]: crate::ServerHandle
 //! [`ServerHandle::shutdown`]: crate::ServerHandle::shutdown
-//! [`ServerBuilder::start`]: crate::ServerBuilder::start
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -44,13 +47,11 @@ use crate::config::Config;
 use crate::server::{ServerHandle, StartError};
 
 mod api;
-mod args;
-pub mod auth;
+mod auth;
 mod config;
 mod error;
 mod ops;
 
-pub use args::HttpArgs;
 pub use config::HttpConfig;
 pub use error::ApiError;
 
@@ -184,70 +185,68 @@ async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     .error_response()
 }
 
-/// A running standalone HTTP server.
+/// The HTTP API as a server of its own, beside a heartwire server (`http.listen`).
 #[derive(Clone)]
-pub(crate) struct HttpRunning {
-    pub(crate) addr: SocketAddr,
-    pub(crate) handle: actix_web::dev::ServerHandle,
+pub struct HttpService {
+    addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
 }
 
-/// Binds the HTTP listener, before anything else starts, so that a taken port fails the start
-/// cleanly.
-pub(crate) fn bind(config: &crate::http::HttpConfig) -> Result<Option<TcpListener>, StartError> {
-    let Some(addr) = config.listen else {
-        return Ok(None);
-    };
-    TcpListener::bind(addr)
-        .map(Some)
-        .map_err(|source| StartError::Http { addr, source })
-}
+impl HttpService {
+    /// Starts the HTTP API of `server` on `config.http.listen` in the current actix `System`;
+    /// `None` when no address is configured. It handles no signals: stop it with
+    /// [`HttpService::stop`] after the server's drain.
+    pub fn start(
+        server: &ServerHandle,
+        config: &Config,
+    ) -> Result<Option<HttpService>, StartError> {
+        let Some(configured) = config.http.listen else {
+            return Ok(None);
+        };
+        let failed = |source| StartError::Http {
+            addr: configured,
+            source,
+        };
+        let listener = TcpListener::bind(configured).map_err(failed)?;
+        let addr = listener.local_addr().map_err(failed)?;
+        let api = HttpApi::new(server, config);
+        let http = HttpServer::new(move || {
+            let api = api.clone();
+            // Access log through `log` (which the binary's tracing subscriber picks up); probes
+            // and scrapes would drown the rest.
+            let access_log = actix_web::middleware::Logger::default()
+                .exclude("/healthz")
+                .exclude("/readyz")
+                .exclude("/metrics");
+            App::new()
+                .wrap(access_log)
+                .configure(move |c| api.configure(c))
+                .default_service(web::to(not_found))
+        })
+        .workers(config.http.workers)
+        .disable_signals()
+        .shutdown_timeout(config.http.shutdown_timeout.as_secs())
+        .listen(listener)
+        .map_err(failed)?
+        .run();
+        let handle = http.handle();
+        actix_rt::spawn(async move {
+            if let Err(error) = http.await {
+                tracing::error!(%error, "HTTP server failed");
+            }
+        });
+        tracing::info!(%addr, "HTTP API listening");
+        Ok(Some(HttpService { addr, handle }))
+    }
 
-/// Starts the standalone HTTP server on `listener` in the current System.
-pub(crate) fn serve(
-    server: &ServerHandle,
-    config: &Config,
-    listener: TcpListener,
-) -> Result<(), StartError> {
-    let configured = config
-        .http
-        .listen
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let failed = |source| StartError::Http {
-        addr: configured,
-        source,
-    };
-    let addr = listener.local_addr().map_err(failed)?;
-    let api = HttpApi::new(server, config);
-    let http = HttpServer::new(move || {
-        let api = api.clone();
-        // Access log through `log` (which the binary's tracing subscriber picks up); probes
-        // and scrapes would drown the rest.
-        let access_log = actix_web::middleware::Logger::default()
-            .exclude("/healthz")
-            .exclude("/readyz")
-            .exclude("/metrics");
-        App::new()
-            .wrap(access_log)
-            .configure(move |c| api.configure(c))
-            .default_service(web::to(not_found))
-    })
-    .workers(config.http.workers)
-    // The binary and the embedding application own the signals; `ServerHandle::shutdown`
-    // stops this server.
-    .disable_signals()
-    .shutdown_timeout(config.http.shutdown_timeout.as_secs())
-    .listen(listener)
-    .map_err(failed)?
-    .run();
-    server.set_http(HttpRunning {
-        addr,
-        handle: http.handle(),
-    });
-    actix_rt::spawn(async move {
-        if let Err(error) = http.await {
-            tracing::error!(%error, "HTTP server failed");
-        }
-    });
-    tracing::info!(%addr, "HTTP API listening");
-    Ok(())
+    /// The address the HTTP API listens on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the HTTP server, letting requests in flight finish (within
+    /// `http.shutdown_timeout`).
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
 }

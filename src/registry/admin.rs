@@ -5,7 +5,7 @@
 //! Lists are paged with a cursor (`after`) over a stable order (session ids in connection
 //! order, room names alphabetically) so that a page is cheap to produce and paging does not
 //! skip or repeat entries that stayed. Per-connection heartbeat numbers come from each
-//! session's [`SessionGauge`](crate::gauge::SessionGauge), so listing sends no message to any
+//! session's [`SessionGauge`](crate::session::SessionGauge), so listing sends no message to any
 //! session.
 
 use std::net::SocketAddr;
@@ -17,6 +17,7 @@ use serde::{Serialize, Serializer};
 
 use super::{Entry, Registry, SessionId};
 use crate::broker::{BrokerError, HistoryTotals, RoomStream};
+use crate::names::{RoomName, UserName};
 use crate::protocol::ByeReason;
 
 /// One connection, as listed.
@@ -25,14 +26,14 @@ pub struct ConnectionInfo {
     /// The session id its client got in `welcome.session`.
     pub session: Arc<str>,
     /// The user, once the handshake is done.
-    pub user: Option<Arc<str>>,
+    pub user: Option<UserName>,
     /// Remote address.
     pub peer: SocketAddr,
     /// When the connection was accepted (RFC 3339).
     #[serde(serialize_with = "rfc3339")]
     pub connected_at: SystemTime,
     /// Rooms it is subscribed to, sorted.
-    pub rooms: Vec<Arc<str>>,
+    pub rooms: Vec<RoomName>,
     /// Round trip of its latest answered ping, in milliseconds.
     #[serde(rename = "last_rtt_ms", serialize_with = "millis")]
     pub last_rtt: Option<Duration>,
@@ -62,13 +63,13 @@ pub struct ConnectionPage {
 /// Lists connections.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "ConnectionPage")]
-pub struct ListConnections {
+pub(crate) struct ListConnections {
     /// Only connections after this cursor (a previous page's `next`).
-    pub after: Option<u64>,
+    pub(crate) after: Option<u64>,
     /// Page size.
-    pub limit: usize,
+    pub(crate) limit: usize,
     /// Only the sessions of this user.
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -101,7 +102,7 @@ fn wall(at: Instant, now: Instant, wall_now: SystemTime) -> SystemTime {
 impl Registry {
     fn connection_info(&self, entry: &Entry, now: Instant, wall_now: SystemTime) -> ConnectionInfo {
         let gauge = &entry.gauge;
-        let mut rooms: Vec<Arc<str>> = entry.rooms.iter().cloned().collect();
+        let mut rooms: Vec<RoomName> = entry.rooms.iter().cloned().collect();
         rooms.sort_unstable();
         let dead_by = gauge.dead_by();
         ConnectionInfo {
@@ -164,7 +165,7 @@ impl Handler<ListConnections> for Registry {
 #[derive(Debug, Clone, Serialize)]
 pub struct RoomSummary {
     /// Room name.
-    pub room: Arc<str>,
+    pub room: RoomName,
     /// Subscribed sessions.
     pub members: usize,
     /// Distinct users among them.
@@ -179,17 +180,17 @@ pub struct RoomPage {
     /// Rooms with subscribers, all pages together.
     pub total: usize,
     /// Pass as `after` to get the next page; `None` on the last page.
-    pub next: Option<Arc<str>>,
+    pub next: Option<RoomName>,
 }
 
 /// Lists the rooms that have subscribers.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "RoomPage")]
-pub struct ListRooms {
+pub(crate) struct ListRooms {
     /// Only rooms whose name sorts after this one (a previous page's `next`).
-    pub after: Option<String>,
+    pub(crate) after: Option<String>,
     /// Page size.
-    pub limit: usize,
+    pub(crate) limit: usize,
 }
 
 impl Handler<ListRooms> for Registry {
@@ -197,7 +198,7 @@ impl Handler<ListRooms> for Registry {
 
     fn handle(&mut self, msg: ListRooms, _: &mut Self::Context) -> RoomPage {
         let total = self.rooms.len();
-        let mut names: Vec<&Arc<str>> = self
+        let mut names: Vec<&RoomName> = self
             .rooms
             .keys()
             .filter(|r| msg.after.as_deref().is_none_or(|after| &***r > after))
@@ -231,18 +232,18 @@ pub struct Member {
     /// Its id as its client knows it.
     pub session: Arc<str>,
     /// Its user.
-    pub user: Option<Arc<str>>,
+    pub user: Option<UserName>,
 }
 
 /// One room in detail.
 #[derive(Debug, Clone, Serialize)]
 pub struct RoomDetails {
     /// Room name.
-    pub room: String,
+    pub room: RoomName,
     /// Subscribed sessions, in connection order.
     pub members: Vec<Member>,
     /// Users present, sorted.
-    pub users: Vec<Arc<str>>,
+    pub users: Vec<UserName>,
     /// Position and history from the broker (`seq`, `epoch`, `history_len`), when it knows.
     #[serde(flatten)]
     pub stream: Option<RoomStream>,
@@ -251,9 +252,9 @@ pub struct RoomDetails {
 /// Asks for one room; `None` when it has no subscribers and the broker keeps nothing of it.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<Option<RoomDetails>, BrokerError>")]
-pub struct RoomInfo {
+pub(crate) struct RoomInfo {
     /// Room name.
-    pub room: String,
+    pub(crate) room: RoomName,
 }
 
 impl Handler<RoomInfo> for Registry {
@@ -305,7 +306,7 @@ pub struct Overview {
 /// Asks for an [`Overview`].
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Overview")]
-pub struct GetOverview;
+pub(crate) struct GetOverview;
 
 impl Handler<GetOverview> for Registry {
     type Result = Overview;
@@ -324,7 +325,7 @@ impl Handler<GetOverview> for Registry {
 /// Asks the broker for its history totals.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<Option<HistoryTotals>, BrokerError>")]
-pub struct GetHistoryTotals;
+pub(crate) struct GetHistoryTotals;
 
 impl Handler<GetHistoryTotals> for Registry {
     type Result = ResponseActFuture<Self, Result<Option<HistoryTotals>, BrokerError>>;
@@ -338,11 +339,11 @@ impl Handler<GetHistoryTotals> for Registry {
 /// `bye{reason}`. Answers how many sessions were closed (0 or 1).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "usize")]
-pub struct KickSession {
+pub(crate) struct KickSession {
     /// The session's id as its client knows it.
-    pub session: String,
+    pub(crate) session: String,
     /// The `bye` reason.
-    pub reason: ByeReason,
+    pub(crate) reason: ByeReason,
 }
 
 impl Handler<KickSession> for Registry {

@@ -1,24 +1,108 @@
-//! Presence on the registry's side: who is in a room, and `join`/`leave` events.
+//! Presence, a protocol extension: who is in a room, and `join`/`leave` events.
 //!
-//! A user is *present* in a room while at least one of its sessions is subscribed to it.
-//! Events follow users, not sessions: a second tab of a user already present announces
-//! nothing, and `leave` is sent when the user's last session leaves (unsubscribe, close, or
-//! sweep). Events go to the room's other subscribers through their outboxes, in the same
-//! order as the room's messages. Only rooms matching the configured prefixes
-//! (`presence_events`) get events; the `presence` query works in every room.
-
-use std::sync::Arc;
+//! - A client sends `{"type":"presence","room":R}` (optionally with an `id`) and gets
+//!   `{"type":"presence","room":R,"users":[...]}` (with the same `id`): the users with at
+//!   least one session subscribed to `R`, sorted. The room is checked like any room a client
+//!   names: its length against `limits.max_room_len`, then the token's `rooms` claim.
+//! - In rooms whose name starts with one of the configured `presence_events` prefixes, the
+//!   other subscribers get `{"type":"join","room":R,"user":U}` when a user's first session
+//!   subscribes and `{"type":"leave","room":R,"user":U}` when its last one leaves.
+//!
+//! Both halves live here. The session half is a frame handler the
+//! [`ServerBuilder`](crate::ServerBuilder) registers first (an application may replace it),
+//! built on the same extension point applications use. The registry half answers on the
+//! asking session's outbox and sends the events. Events follow users, not sessions: a second
+//! tab of a user already present announces nothing, and `leave` is sent when the user's last
+//! session leaves (unsubscribe, close, or sweep). They reach the room's other subscribers
+//! through their outboxes, in the same order as the room's messages. Clients written against
+//! protocol v1 never see these frames unless they ask, or subscribe to a room configured for
+//! events.
 
 use actix::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::{Registry, SessionId};
-use crate::presence::PresenceFrame;
-use crate::protocol::encode_line;
+use crate::names::{RoomName, UserName};
+use crate::protocol::{encode_line, ErrorCode};
+use crate::session::{AppFrame, Handlers, Session};
+
+/// The `type` of the presence query and its answer.
+pub(crate) const PRESENCE: &str = "presence";
+
+/// Frames of the presence extension, as the server sends them.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum PresenceFrame<'a> {
+    /// The answer to `presence{room}`.
+    Presence {
+        /// Room name.
+        room: &'a str,
+        /// Users present, sorted.
+        users: &'a [UserName],
+        /// The query's `id`, when it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+    },
+    /// A user's first session subscribed to the room.
+    Join {
+        /// Room name.
+        room: &'a str,
+        /// The user.
+        user: &'a str,
+    },
+    /// A user's last session left the room.
+    Leave {
+        /// Room name.
+        room: &'a str,
+        /// The user.
+        user: &'a str,
+    },
+}
+
+/// Registers the built-in `presence` frame handler.
+pub(crate) fn install(handlers: &mut Handlers) {
+    handlers.insert(PRESENCE, handle_frame);
+}
+
+#[derive(Deserialize)]
+struct Query {
+    room: String,
+}
+
+/// The session side of `presence{room}`: check the frame, then let the registry answer on the
+/// session's outbox. Like every registry request of a session it is awaited inside `ctx.wait`,
+/// so the answer keeps its place among the session's other frames.
+fn handle_frame(session: &mut Session, ctx: &mut Context<Session>, frame: AppFrame) {
+    let id = frame.id.as_deref();
+    let room = match frame.parse::<Query>() {
+        Ok(q) => q.room,
+        Err(e) => {
+            let message = format!("presence needs a string `room`: {e}");
+            session.send_error(ErrorCode::BadRequest, &message, id);
+            return;
+        }
+    };
+    let Some(room) = session.allowed_room(&room, id) else {
+        return;
+    };
+    let query = PresenceQuery {
+        id: session.id(),
+        room,
+        frame_id: frame.id,
+    };
+    let request = session.registry().send(query);
+    ctx.wait(request.into_actor(session).map(|answer, act, _| {
+        if let Err(error) = answer {
+            tracing::error!(parent: act.span(), %error, "registry unreachable");
+            act.send_error(ErrorCode::Internal, "registry unavailable", None);
+        }
+    }));
+}
 
 impl Registry {
     /// The users present in `room`, sorted.
-    pub fn users_in(&self, room: &str) -> Vec<Arc<str>> {
-        let mut users: Vec<Arc<str>> = self
+    pub fn users_in(&self, room: &str) -> Vec<UserName> {
+        let mut users: Vec<UserName> = self
             .members_of(room)
             .filter_map(|id| self.sessions.get(&id)?.user.clone())
             .collect();
@@ -58,16 +142,16 @@ impl Registry {
 
 /// Asks for the users present in a room (for the application).
 #[derive(Message)]
-#[rtype(result = "Vec<Arc<str>>")]
-pub struct Presence {
+#[rtype(result = "Vec<UserName>")]
+pub(crate) struct Presence {
     /// Room name.
-    pub room: String,
+    pub(crate) room: RoomName,
 }
 
 impl Handler<Presence> for Registry {
-    type Result = Vec<Arc<str>>;
+    type Result = Vec<UserName>;
 
-    fn handle(&mut self, msg: Presence, _: &mut Self::Context) -> Vec<Arc<str>> {
+    fn handle(&mut self, msg: Presence, _: &mut Self::Context) -> Vec<UserName> {
         self.users_in(&msg.room)
     }
 }
@@ -76,13 +160,13 @@ impl Handler<Presence> for Registry {
 /// with the room's events.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct PresenceQuery {
+pub(crate) struct PresenceQuery {
     /// The asking session.
-    pub id: SessionId,
+    pub(crate) id: SessionId,
     /// Room name.
-    pub room: String,
+    pub(crate) room: RoomName,
     /// The frame's `id`, echoed in the answer.
-    pub frame_id: Option<String>,
+    pub(crate) frame_id: Option<String>,
 }
 
 impl Handler<PresenceQuery> for Registry {

@@ -1,0 +1,213 @@
+//! Command-line and environment layer over [`Config`]: `heartwire serve` flags, each also
+//! readable from a `HEARTWIRE_*` variable. Precedence: flag, then environment, then the
+//! `--config` file, then the built-in default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use heartwire::{Config, ConfigError};
+
+use crate::http_args::HttpArgs;
+
+/// Parses a human duration (`200ms`, `30s`, `5m`) for command-line options.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (use a form like 200ms, 30s, 5m)"))
+}
+
+/// Options of `heartwire serve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys as the long flags with `_` for `-`).
+    #[arg(long, env = "HEARTWIRE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port [default: 0.0.0.0:7700].
+    #[arg(long, env = "HEARTWIRE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Time between server pings [default: 30s].
+    #[arg(long, env = "HEARTWIRE_HEARTBEAT_INTERVAL", value_name = "DUR", value_parser = duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Missed pings in a row that close a silent connection [default: 2].
+    #[arg(long, env = "HEARTWIRE_MAX_MISSED", value_name = "N")]
+    pub max_missed: Option<u32>,
+    /// Time a new connection has to send `hello` [default: 10s].
+    #[arg(long, env = "HEARTWIRE_HANDSHAKE_TIMEOUT", value_name = "DUR", value_parser = duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// Longest accepted frame (line) in bytes [default: 65536].
+    #[arg(long, env = "HEARTWIRE_MAX_FRAME", value_name = "BYTES")]
+    pub max_frame: Option<usize>,
+    /// Invalid lines tolerated before closing with `protocol_error` [default: 10].
+    #[arg(long, env = "HEARTWIRE_MAX_BAD_FRAMES", value_name = "N")]
+    pub max_bad_frames: Option<u32>,
+    /// Worker threads sessions are spread over; 0 = one per core [default: 0].
+    #[arg(long, env = "HEARTWIRE_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+    /// Outbound bytes a session may have queued before it is cut off as a slow consumer
+    /// [default: 1048576].
+    #[arg(long, env = "HEARTWIRE_OUTBOUND_BUDGET", value_name = "BYTES")]
+    pub outbound_budget: Option<usize>,
+    /// Longest time spent flushing a closing connection [default: 5s].
+    #[arg(long, env = "HEARTWIRE_CLOSE_TIMEOUT", value_name = "DUR", value_parser = duration)]
+    pub close_timeout: Option<Duration>,
+    /// Messages kept per room for recovery and dedupe [default: 1000].
+    #[arg(long, env = "HEARTWIRE_HISTORY_SIZE", value_name = "N")]
+    pub history_size: Option<usize>,
+    /// Age after which a message leaves the history [default: 5m].
+    #[arg(long, env = "HEARTWIRE_HISTORY_TTL", value_name = "DUR", value_parser = duration)]
+    pub history_ttl: Option<Duration>,
+    /// Interval of the registry sweep for dead sessions and empty rooms [default: 30s].
+    #[arg(long, env = "HEARTWIRE_SWEEP_INTERVAL", value_name = "DUR", value_parser = duration)]
+    pub sweep_interval: Option<Duration>,
+    /// Longest graceful shutdown [default: 10s].
+    #[arg(long, env = "HEARTWIRE_DRAIN_TIMEOUT", value_name = "DUR", value_parser = duration)]
+    pub drain_timeout: Option<Duration>,
+    /// Base of the jittered `reconnect_ms` hint sent on shutdown [default: 1s].
+    #[arg(long, env = "HEARTWIRE_SHUTDOWN_RECONNECT", value_name = "DUR", value_parser = duration)]
+    pub shutdown_reconnect: Option<Duration>,
+    /// Listen backlog [default: 4096].
+    #[arg(long, env = "HEARTWIRE_BACKLOG", value_name = "N")]
+    pub backlog: Option<u32>,
+    /// TCP keep-alive idle time [default: the heartbeat interval].
+    #[arg(long, env = "HEARTWIRE_TCP_KEEPALIVE_IDLE", value_name = "DUR", value_parser = duration)]
+    pub tcp_keepalive_idle: Option<Duration>,
+    /// TCP keep-alive probe interval [default: derived so the kernel gives up by
+    /// (max_missed + 1) × heartbeat interval].
+    #[arg(long, env = "HEARTWIRE_TCP_KEEPALIVE_INTERVAL", value_name = "DUR", value_parser = duration)]
+    pub tcp_keepalive_interval: Option<Duration>,
+    /// TCP keep-alive probes before the kernel drops the connection [default: max_missed].
+    #[arg(long, env = "HEARTWIRE_TCP_KEEPALIVE_RETRIES", value_name = "N")]
+    pub tcp_keepalive_retries: Option<u32>,
+    /// TCP_USER_TIMEOUT [default: (max_missed + 1) × heartbeat interval].
+    #[arg(long, env = "HEARTWIRE_TCP_USER_TIMEOUT", value_name = "DUR", value_parser = duration)]
+    pub tcp_user_timeout: Option<Duration>,
+    /// Require HS256 tokens signed with this secret (at least 16 bytes) in `hello.token`.
+    #[arg(
+        long,
+        env = "HEARTWIRE_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// Require RS256/ES256 tokens verified with this PEM public key in `hello.token`.
+    #[arg(long, env = "HEARTWIRE_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "HEARTWIRE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, env = "HEARTWIRE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Connections open at once [default: 100000].
+    #[arg(long, env = "HEARTWIRE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections open at once per client IP; 0 = off [default: 0].
+    #[arg(long, env = "HEARTWIRE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Connections accepted per second; 0 = off [default: 0].
+    #[arg(long, env = "HEARTWIRE_ACCEPT_RATE", value_name = "N")]
+    pub accept_rate: Option<u32>,
+    /// Sessions one user may have at once; 0 = off [default: 256].
+    #[arg(long, env = "HEARTWIRE_MAX_SESSIONS_PER_USER", value_name = "N")]
+    pub max_sessions_per_user: Option<usize>,
+    /// Rooms one session may be subscribed to [default: 1024].
+    #[arg(long, env = "HEARTWIRE_MAX_ROOMS_PER_SESSION", value_name = "N")]
+    pub max_rooms_per_session: Option<usize>,
+    /// Frames per second one session may send; 0 = off [default: 0].
+    #[arg(long, env = "HEARTWIRE_MESSAGE_RATE", value_name = "N")]
+    pub message_rate: Option<u32>,
+    /// Burst above --message-rate; 0 = one second's worth [default: 0].
+    #[arg(long, env = "HEARTWIRE_MESSAGE_BURST", value_name = "N")]
+    pub message_burst: Option<u32>,
+    /// End connections after this age (±10%) with `bye{reason:"max_age"}` [default: never].
+    #[arg(long, env = "HEARTWIRE_MAX_CONNECTION_AGE", value_name = "DUR", value_parser = duration)]
+    pub max_connection_age: Option<Duration>,
+    /// Rooms whose subscribers get presence join/leave events: comma-separated name prefixes,
+    /// `*` for every room [default: none].
+    #[arg(
+        long,
+        env = "HEARTWIRE_PRESENCE_EVENTS",
+        value_name = "PREFIXES",
+        value_delimiter = ','
+    )]
+    pub presence_events: Option<Vec<String>>,
+    /// HTTP API options.
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+impl ServeArgs {
+    /// The configuration these options describe, validated.
+    pub fn to_config(&self) -> Result<Config, ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { c.$field = v; } )* };
+        }
+        set!(
+            listen,
+            heartbeat_interval,
+            max_missed,
+            handshake_timeout,
+            max_frame,
+            max_bad_frames,
+            workers,
+            outbound_budget,
+            close_timeout,
+            history_size,
+            history_ttl,
+            sweep_interval,
+            drain_timeout,
+            shutdown_reconnect,
+            backlog
+        );
+        c.tcp.keepalive_idle = self.tcp_keepalive_idle.or(c.tcp.keepalive_idle);
+        c.tcp.keepalive_interval = self.tcp_keepalive_interval.or(c.tcp.keepalive_interval);
+        c.tcp.keepalive_retries = self.tcp_keepalive_retries.or(c.tcp.keepalive_retries);
+        c.tcp.user_timeout = self.tcp_user_timeout.or(c.tcp.user_timeout);
+        c.auth.jwt_secret = self.jwt_secret.clone().or(c.auth.jwt_secret);
+        c.auth.jwt_public_key = self.jwt_public_key.clone().or(c.auth.jwt_public_key);
+        c.tls.cert = self.tls_cert.clone().or(c.tls.cert);
+        c.tls.key = self.tls_key.clone().or(c.tls.key);
+        let l = &mut c.limits;
+        l.max_connections = self.max_connections.unwrap_or(l.max_connections);
+        l.max_connections_per_ip = self
+            .max_connections_per_ip
+            .unwrap_or(l.max_connections_per_ip);
+        l.accept_rate = self.accept_rate.unwrap_or(l.accept_rate);
+        l.max_sessions_per_user = self
+            .max_sessions_per_user
+            .unwrap_or(l.max_sessions_per_user);
+        l.max_rooms_per_session = self
+            .max_rooms_per_session
+            .unwrap_or(l.max_rooms_per_session);
+        l.message_rate = self.message_rate.unwrap_or(l.message_rate);
+        l.message_burst = self.message_burst.unwrap_or(l.message_burst);
+        l.max_connection_age = self.max_connection_age.or(l.max_connection_age);
+        if let Some(prefixes) = &self.presence_events {
+            c.presence_events = prefixes.clone();
+        }
+        self.http.apply(&mut c.http);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Options of `heartwire token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The HS256 secret the server was given with --jwt-secret.
+    #[arg(long, env = "HEARTWIRE_JWT_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// The user (`sub` claim).
+    #[arg(long)]
+    pub user: String,
+    /// Rooms the token allows (exact names or `prefix*`), comma-separated; all when absent.
+    #[arg(long, value_delimiter = ',')]
+    pub rooms: Option<Vec<String>>,
+    /// Lifetime of the token.
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    pub ttl: Duration,
+}

@@ -1,0 +1,726 @@
+//! The registry actor: who is connected, which user each session belongs to, who is in
+//! which room, and the fan-out of room and direct messages.
+//!
+//! Sessions talk to the registry with awaited `send`s (never `do_send`, which ignores the
+//! mailbox bound), one at a time per session, so a flooding client is slowed at its own
+//! socket instead of growing the registry's mailbox. The registry answers through each
+//! session's [`Outbox`]: replays, `subscribed`, room messages and acks for one session go
+//! into one queue in the order the registry produced them, which is what makes a room's
+//! `seq` gapless on every subscriber.
+//!
+//! The registry runs under [`actix::Supervisor`]. It does not rely on sessions to
+//! unregister: a session whose actor is gone without a `Disconnect` (a panic in a handler
+//! may skip its hooks, depending on how the actor is torn down) leaves a closed mailbox, which
+//! a periodic sweep finds with `Addr::connected` and removes with its room memberships.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+use crate::broker::{Broker, BrokerError, PublishRequest};
+use crate::metrics::Metrics;
+use crate::names::{FrameId, RoomName, UserName};
+use crate::outbox::Outbox;
+use crate::protocol::{ByeReason, ErrorCode, Outbound};
+use crate::session::{Session, SessionGauge};
+
+pub(crate) mod admin;
+pub(crate) mod presence;
+
+/// Identifies a session within one server process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub(crate) u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What the registry keeps per connection.
+#[derive(Debug)]
+struct Entry {
+    addr: Addr<Session>,
+    outbox: Arc<Outbox>,
+    peer: SocketAddr,
+    user: Option<UserName>,
+    rooms: HashSet<RoomName>,
+    gauge: Arc<SessionGauge>,
+}
+
+/// Per-user and per-session caps the registry enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RegistryLimits {
+    /// Sessions one user may have at once; 0 = no limit.
+    pub(crate) max_sessions_per_user: usize,
+    /// Rooms one session may be subscribed to.
+    pub(crate) max_rooms_per_session: usize,
+}
+
+impl Default for RegistryLimits {
+    fn default() -> Self {
+        RegistryLimits {
+            max_sessions_per_user: 0,
+            max_rooms_per_session: usize::MAX,
+        }
+    }
+}
+
+/// The registry actor: who is connected, which user each session belongs to, who is in which
+/// room. Applications reach it through [`ServerHandle`](crate::ServerHandle) and may add their
+/// own `impl Handler<M> for Registry` with the methods below.
+pub struct Registry {
+    broker: Rc<dyn Broker>,
+    limits: RegistryLimits,
+    sweep_interval: std::time::Duration,
+    sessions: HashMap<SessionId, Entry>,
+    users: HashMap<UserName, HashSet<SessionId>>,
+    rooms: HashMap<RoomName, HashSet<SessionId>>,
+    draining: bool,
+    drained: Vec<oneshot::Sender<()>>,
+    metrics: Arc<Metrics>,
+    presence_events: Vec<String>,
+}
+
+impl Registry {
+    /// A registry over `broker`, sweeping every `sweep_interval`.
+    pub(crate) fn new(broker: Rc<dyn Broker>, sweep_interval: std::time::Duration) -> Self {
+        Registry {
+            broker,
+            limits: RegistryLimits::default(),
+            sweep_interval,
+            sessions: HashMap::new(),
+            users: HashMap::new(),
+            rooms: HashMap::new(),
+            draining: false,
+            drained: Vec::new(),
+            metrics: Arc::new(Metrics::new()),
+            presence_events: Vec::new(),
+        }
+    }
+
+    /// Applies per-user and per-session caps.
+    pub(crate) fn with_limits(mut self, limits: RegistryLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Records into `metrics` (the server's) instead of a private set.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Sends `join`/`leave` events in rooms whose name starts with one of `prefixes` (`""`
+    /// matches every room); see [`presence`].
+    pub(crate) fn with_presence_events(mut self, prefixes: Vec<String>) -> Self {
+        self.presence_events = prefixes;
+        self
+    }
+
+    /// Starts a registry under a [`Supervisor`] on `arbiter`; `make` builds it there (the broker
+    /// need not be `Send`).
+    pub(crate) fn start_supervised<F>(arbiter: &actix_rt::ArbiterHandle, make: F) -> Addr<Registry>
+    where
+        F: FnOnce() -> Registry + Send + 'static,
+    {
+        Supervisor::start_in_arbiter(arbiter, move |_| make())
+    }
+
+    /// Number of live sessions, with or without a completed handshake.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The sessions of `user`.
+    pub fn sessions_of(&self, user: &str) -> impl Iterator<Item = SessionId> + '_ {
+        self.users.get(user).into_iter().flatten().copied()
+    }
+
+    /// The sessions subscribed to `room`.
+    pub fn members_of(&self, room: &str) -> impl Iterator<Item = SessionId> + '_ {
+        self.rooms.get(room).into_iter().flatten().copied()
+    }
+
+    /// The user of a session, once its handshake is done.
+    pub fn user_of(&self, id: SessionId) -> Option<&UserName> {
+        self.sessions.get(&id)?.user.as_ref()
+    }
+
+    /// Queues an encoded frame on every session subscribed to `room` but `except`; returns
+    /// how many took it. The frame is not sequenced or kept in history: for events such as
+    /// "typing" or presence, not for messages a client must not miss.
+    pub fn push_to_room(&self, room: &str, frame: &Bytes, except: Option<SessionId>) -> usize {
+        self.members_of(room)
+            .filter(|id| Some(*id) != except)
+            .filter(|id| self.push_to(*id, frame.clone()))
+            .count()
+    }
+
+    /// The actor address of a session, to send it application messages.
+    pub fn session_addr(&self, id: SessionId) -> Option<&Addr<Session>> {
+        self.sessions.get(&id).map(|e| &e.addr)
+    }
+
+    /// Queues an encoded frame (see [`encode_line`](crate::protocol::encode_line)) on a
+    /// session. Returns `false` if the session is gone, closing, or over its budget.
+    pub fn push_to(&self, id: SessionId, frame: Bytes) -> bool {
+        self.sessions.get(&id).is_some_and(|e| e.outbox.push(frame))
+    }
+
+    /// Queues an encoded frame on every session of `user`; returns how many took it.
+    pub fn push_to_user(&self, user: &str, frame: &Bytes) -> usize {
+        self.sessions_of(user)
+            .filter(|id| self.push_to(*id, frame.clone()))
+            .count()
+    }
+
+    fn push_error(&self, id: SessionId, code: ErrorCode, message: &str, frame_id: Option<&str>) {
+        let frame = Outbound::Error {
+            code,
+            message,
+            id: frame_id,
+        }
+        .encode();
+        self.push_to(id, frame);
+    }
+
+    fn remove_session(&mut self, id: SessionId) -> Option<Entry> {
+        let entry = self.sessions.remove(&id)?;
+        if let Some(user) = &entry.user {
+            if let Some(set) = self.users.get_mut(user) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.users.remove(user);
+                }
+            }
+        }
+        for room in &entry.rooms {
+            self.leave_room(room, id, entry.user.as_ref());
+        }
+        if self.draining && self.sessions.is_empty() {
+            for waiter in self.drained.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+        Some(entry)
+    }
+
+    fn leave_room(&mut self, room: &str, id: SessionId, user: Option<&UserName>) {
+        if let Some(members) = self.rooms.get_mut(room) {
+            members.remove(&id);
+            if members.is_empty() {
+                self.rooms.remove(room);
+                self.broker.release(room);
+            } else if let Some(user) = user {
+                self.announce_leave(room, user);
+            }
+        }
+    }
+
+    fn sweep(&mut self) {
+        let started = Instant::now();
+        let dead: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| !e.addr.connected())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &dead {
+            if let Some(entry) = self.remove_session(*id) {
+                // Its actor is gone, so its writer is too; make sure nobody queues more.
+                entry.outbox.close_silently(ByeReason::Normal);
+                tracing::warn!(session = %id, user = ?entry.user, peer = %entry.peer,
+                    "sweep removed a session whose actor died without unregistering");
+            }
+        }
+        let empty: Vec<RoomName> = self
+            .rooms
+            .iter()
+            .filter(|(_, m)| m.is_empty())
+            .map(|(r, _)| r.clone())
+            .collect();
+        for room in &empty {
+            self.rooms.remove(room);
+            self.broker.release(room);
+        }
+        self.broker.maintain();
+        self.metrics.swept(dead.len(), empty.len());
+        if dead.is_empty() && empty.is_empty() {
+            tracing::trace!(
+                sessions = self.sessions.len(),
+                rooms = self.rooms.len(),
+                "sweep: nothing to remove"
+            );
+        } else {
+            tracing::info!(
+                removed_sessions = dead.len(),
+                removed_rooms = empty.len(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "sweep"
+            );
+        }
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+        ctx.run_interval(self.sweep_interval, |act, _| act.sweep());
+        tracing::debug!("registry started");
+    }
+}
+
+impl Supervised for Registry {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        tracing::warn!(
+            sessions = self.sessions.len(),
+            "registry restarting; state kept"
+        );
+    }
+}
+
+/// A registry refusal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RegistryError {
+    /// The server is shutting down and takes no new sessions.
+    #[error("server is draining")]
+    Draining,
+    /// The session is not registered (it was swept or never connected).
+    #[error("unknown session")]
+    UnknownSession,
+    /// The user already has `max_sessions_per_user` sessions.
+    #[error("too many sessions for this user")]
+    UserLimit,
+}
+
+/// A new connection, before its handshake.
+#[derive(Message)]
+#[rtype(result = "Result<(), RegistryError>")]
+pub(crate) struct Connect {
+    /// Session id.
+    pub(crate) id: SessionId,
+    /// The session actor.
+    pub(crate) addr: Addr<Session>,
+    /// Its outbound queue.
+    pub(crate) outbox: Arc<Outbox>,
+    /// Remote address.
+    pub(crate) peer: SocketAddr,
+    /// The session's live numbers (heartbeat, deadline), read when connections are listed.
+    pub(crate) gauge: Arc<SessionGauge>,
+}
+
+impl Handler<Connect> for Registry {
+    type Result = Result<(), RegistryError>;
+
+    fn handle(&mut self, msg: Connect, _: &mut Self::Context) -> Self::Result {
+        if self.draining {
+            return Err(RegistryError::Draining);
+        }
+        self.sessions.insert(
+            msg.id,
+            Entry {
+                addr: msg.addr,
+                outbox: msg.outbox,
+                peer: msg.peer,
+                user: None,
+                rooms: HashSet::new(),
+                gauge: msg.gauge,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// A session completed its handshake as `user`.
+#[derive(Message)]
+#[rtype(result = "Result<(), RegistryError>")]
+pub(crate) struct Identify {
+    /// Session id.
+    pub(crate) id: SessionId,
+    /// The user it belongs to.
+    pub(crate) user: UserName,
+}
+
+impl Handler<Identify> for Registry {
+    type Result = Result<(), RegistryError>;
+
+    fn handle(&mut self, msg: Identify, _: &mut Self::Context) -> Self::Result {
+        if self.draining {
+            return Err(RegistryError::Draining);
+        }
+        let max = self.limits.max_sessions_per_user;
+        if max > 0 && self.users.get(&msg.user).is_some_and(|s| s.len() >= max) {
+            tracing::info!(user = %msg.user, max, "session refused: max_sessions_per_user reached");
+            self.metrics.limit_hit("max_sessions_per_user");
+            return Err(RegistryError::UserLimit);
+        }
+        let entry = self
+            .sessions
+            .get_mut(&msg.id)
+            .ok_or(RegistryError::UnknownSession)?;
+        entry.user = Some(msg.user.clone());
+        self.users.entry(msg.user).or_default().insert(msg.id);
+        Ok(())
+    }
+}
+
+/// A session ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Disconnect {
+    /// Session id.
+    pub(crate) id: SessionId,
+}
+
+impl Handler<Disconnect> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnect, _: &mut Self::Context) {
+        self.remove_session(msg.id);
+    }
+}
+
+/// `subscribe` from a session. The registry queues the replay and `subscribed` on the
+/// session's outbox, and answers whether the session is now in the room.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub(crate) struct Subscribe {
+    /// Session id.
+    pub(crate) id: SessionId,
+    /// Room name.
+    pub(crate) room: RoomName,
+    /// Replay after this seq.
+    pub(crate) since: Option<u64>,
+    /// Epoch of `since`.
+    pub(crate) epoch: Option<String>,
+}
+
+impl Handler<Subscribe> for Registry {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
+        let Some(entry) = self.sessions.get(&msg.id) else {
+            return Box::pin(async { false });
+        };
+        let max = self.limits.max_rooms_per_session;
+        if entry.rooms.len() >= max && !entry.rooms.contains(&msg.room) {
+            tracing::info!(session = %msg.id, max, "subscribe refused: max_rooms_per_session reached");
+            self.metrics.limit_hit("max_rooms_per_session");
+            let message = format!("at most {max} rooms per session");
+            self.push_error(msg.id, ErrorCode::Forbidden, &message, None);
+            return Box::pin(async { false });
+        }
+        let replay = self
+            .broker
+            .replay(&msg.room, msg.since, msg.epoch.as_deref());
+        // Nothing else may reach this room until the subscriber is in it, or a message could
+        // fall between the replay and live delivery.
+        let done = self.exclusively(
+            ctx,
+            replay.into_actor(self).map(move |result, act, _| {
+                let replay = match result {
+                    Ok(replay) => replay,
+                    Err(e) => {
+                        act.broker_failed(msg.id, &e, None);
+                        return false;
+                    }
+                };
+                let Some(entry) = act.sessions.get_mut(&msg.id) else {
+                    return false;
+                };
+                for frame in replay.frames {
+                    entry.outbox.push(frame);
+                }
+                let joined = entry
+                    .user
+                    .clone()
+                    .filter(|_| !entry.rooms.contains(&msg.room));
+                entry.outbox.push(
+                    Outbound::Subscribed {
+                        room: &msg.room,
+                        seq: replay.seq,
+                        epoch: &replay.epoch,
+                        recovered: replay.recovered,
+                    }
+                    .encode(),
+                );
+                entry.rooms.insert(msg.room.clone());
+                if let Some(user) = joined {
+                    act.announce_join(&msg.room, &user);
+                }
+                act.rooms.entry(msg.room).or_default().insert(msg.id);
+                true
+            }),
+        );
+        Box::pin(async move { done.await.unwrap_or(false) })
+    }
+}
+
+/// `unsubscribe` from a session; the registry queues `unsubscribed`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Unsubscribe {
+    /// Session id.
+    pub(crate) id: SessionId,
+    /// Room name.
+    pub(crate) room: RoomName,
+}
+
+impl Handler<Unsubscribe> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Self::Context) {
+        let Some(entry) = self.sessions.get_mut(&msg.id) else {
+            return;
+        };
+        let was_member = entry.rooms.remove(&msg.room);
+        entry
+            .outbox
+            .push(Outbound::Unsubscribed { room: &msg.room }.encode());
+        let user = entry.user.clone();
+        if was_member {
+            self.leave_room(&msg.room, msg.id, user.as_ref());
+        }
+    }
+}
+
+/// A message for a room, from a session (`publish`) or from the application.
+#[derive(Message)]
+#[rtype(result = "Result<u64, BrokerError>")]
+pub(crate) struct Publish {
+    /// The publishing session, which gets the `ack`; `None` for server-side pushes.
+    pub(crate) session: Option<SessionId>,
+    /// Room name.
+    pub(crate) room: RoomName,
+    /// Publishing user; `None` (sent as `from: null`) for server-side pushes.
+    pub(crate) from: Option<UserName>,
+    /// Payload as raw JSON.
+    pub(crate) data: Box<RawValue>,
+    /// The publisher's id, for dedupe and the ack.
+    pub(crate) id: Option<FrameId>,
+}
+
+impl Handler<Publish> for Registry {
+    type Result = ResponseFuture<Result<u64, BrokerError>>;
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
+        let request = PublishRequest {
+            room: msg.room,
+            from: msg.from,
+            data: msg.data,
+            id: msg.id,
+        };
+        let room = request.room.clone();
+        let ack_id = request.id.clone();
+        let fut = self.broker.publish(request);
+        // Sequencing and delivery of one room must not interleave with another publish, or
+        // subscribers could see seqs out of order.
+        let done = self.exclusively(
+            ctx,
+            fut.into_actor(self)
+                .map(move |result, act, _| match result {
+                    Ok(published) => {
+                        if !published.duplicate {
+                            act.fan_out(&room, &published.frame);
+                        }
+                        if let (Some(session), Some(id)) = (msg.session, ack_id.as_deref()) {
+                            let ack = Outbound::Ack {
+                                id,
+                                seq: Some(published.seq),
+                                delivered: None,
+                            };
+                            act.push_to(session, ack.encode());
+                        }
+                        Ok(published.seq)
+                    }
+                    Err(e) => {
+                        if let Some(session) = msg.session {
+                            act.broker_failed(session, &e, ack_id.as_deref());
+                        }
+                        Err(e)
+                    }
+                }),
+        );
+        Box::pin(async move {
+            done.await
+                .unwrap_or_else(|| Err(BrokerError("registry stopped".into())))
+        })
+    }
+}
+
+impl Registry {
+    /// Runs `work` with nothing else reaching the registry until it is done (`ctx.wait`), and
+    /// returns a future of its output, so that the sender's answer comes after the work and
+    /// not when the handler returns.
+    fn exclusively<T, W>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        work: W,
+    ) -> impl std::future::Future<Output = Option<T>>
+    where
+        T: 'static,
+        W: ActorFuture<Self, Output = T> + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        ctx.wait(work.map(move |output, _, _| {
+            let _ = tx.send(output);
+        }));
+        async move { rx.await.ok() }
+    }
+
+    fn fan_out(&self, room: &str, frame: &Bytes) {
+        for id in self.members_of(room) {
+            if let Some(entry) = self.sessions.get(&id) {
+                entry.outbox.push(frame.clone());
+            }
+        }
+    }
+
+    fn broker_failed(&self, session: SessionId, error: &BrokerError, id: Option<&str>) {
+        tracing::error!(%session, %error, "broker call failed");
+        self.push_error(
+            session,
+            ErrorCode::Internal,
+            "message store unavailable",
+            id,
+        );
+    }
+}
+
+/// A direct message to every session of a user (`send`).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub(crate) struct SendTo {
+    /// The sending session, which gets the `ack`; `None` for server-side pushes.
+    pub(crate) session: Option<SessionId>,
+    /// Sending user; `None` for server-side pushes.
+    pub(crate) from: Option<UserName>,
+    /// Recipient user.
+    pub(crate) to: UserName,
+    /// Payload as raw JSON.
+    pub(crate) data: Box<RawValue>,
+    /// The sender's id for the ack.
+    pub(crate) id: Option<FrameId>,
+}
+
+impl Handler<SendTo> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, msg: SendTo, _: &mut Self::Context) -> usize {
+        let frame = Outbound::Message {
+            room: None,
+            seq: None,
+            from: msg.from.as_deref(),
+            data: &msg.data,
+            id: msg.id.as_deref(),
+        }
+        .encode();
+        let delivered = self.push_to_user(&msg.to, &frame);
+        if let (Some(session), Some(id)) = (msg.session, msg.id.as_deref()) {
+            let ack = Outbound::Ack {
+                id,
+                seq: None,
+                delivered: Some(delivered),
+            };
+            self.push_to(session, ack.encode());
+        }
+        delivered
+    }
+}
+
+/// An unsequenced frame for the members of a room (see [`Registry::push_to_room`]).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub(crate) struct Broadcast {
+    /// Room name.
+    pub(crate) room: RoomName,
+    /// The encoded frame.
+    pub(crate) frame: Bytes,
+    /// A session that does not get it (the sender).
+    pub(crate) except: Option<SessionId>,
+}
+
+impl Handler<Broadcast> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, msg: Broadcast, _: &mut Self::Context) -> usize {
+        self.push_to_room(&msg.room, &msg.frame, msg.except)
+    }
+}
+
+/// Closes every session of a user with `bye{reason}`.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub(crate) struct Kick {
+    /// The user.
+    pub(crate) user: UserName,
+    /// The `bye` reason.
+    pub(crate) reason: ByeReason,
+}
+
+impl Handler<Kick> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, msg: Kick, _: &mut Self::Context) -> usize {
+        self.sessions_of(&msg.user)
+            .filter_map(|id| self.sessions.get(&id))
+            .filter(|e| e.outbox.close(msg.reason, None))
+            .count()
+    }
+}
+
+/// Starts a graceful shutdown: new sessions are refused and every session gets
+/// `bye{reason:"shutdown", reconnect_ms}` with a jittered hint. Resolves when the last
+/// session has gone.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Drain {
+    /// Each session's hint is drawn from `[reconnect_ms, 2 × reconnect_ms]`.
+    pub(crate) reconnect_ms: u64,
+}
+
+impl Handler<Drain> for Registry {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Drain, _: &mut Self::Context) -> Self::Result {
+        self.draining = true;
+        let base = msg.reconnect_ms;
+        for entry in self.sessions.values() {
+            let hint = base + fastrand::u64(0..=base);
+            entry.outbox.close(ByeReason::Shutdown, Some(hint));
+        }
+        tracing::info!(sessions = self.sessions.len(), "draining");
+        let (tx, rx) = oneshot::channel();
+        if self.sessions.is_empty() {
+            let _ = tx.send(());
+        } else {
+            self.drained.push(tx);
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+/// Runs a sweep now instead of waiting for the next tick.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct SweepNow;
+
+impl Handler<SweepNow> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: SweepNow, _: &mut Self::Context) {
+        self.sweep();
+    }
+}

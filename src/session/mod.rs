@@ -1,0 +1,696 @@
+//! The session actor: one per TCP connection.
+//!
+//! A session owns its socket's read half (a framed stream added with `add_stream`), its
+//! heartbeat, and the handshake; its write half belongs to a writer task that drains the
+//! session's bounded [`Outbox`]. Frames that concern other sessions (rooms, direct messages)
+//! are forwarded to the [`Registry`] one at a time with an awaited `send`: while the
+//! registry works on one, the session reads nothing more, which is the backpressure that
+//! keeps a flooding client from growing anyone's mailbox.
+//!
+//! Every server-initiated close goes through [`Outbox::close`]: `bye{reason}` is queued behind
+//! whatever was already queued, the writer flushes it all (bounded by `close_timeout`), shuts
+//! the socket down and tells the session, which then stops and unregisters.
+
+mod gauge;
+mod handler;
+mod heartbeat;
+
+pub(crate) use gauge::SessionGauge;
+pub(crate) use handler::Handlers;
+pub use handler::{AppFrame, FrameHandler};
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::FramedRead;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Span;
+
+use self::heartbeat::{Heartbeat, Tick};
+use crate::auth::{AuthError, Authenticator, RoomPolicy};
+use crate::config::Config;
+use crate::limits::ConnectionPermit;
+use crate::metrics::Metrics;
+use crate::names::{FrameId, NameLimits, RoomName, UserName};
+use crate::outbox::{Outbox, WriterExit};
+use crate::protocol::codec::{CodecError, LineCodec};
+use crate::protocol::{
+    encode_line, ByeReason, ErrorCode, HeartbeatInfo, Inbound, Outbound, ParseError,
+};
+use crate::registry::{self, Registry, RegistryError, SessionId};
+
+/// Initial size of a connection's read buffer; it grows as a frame needs it, up to
+/// `max_frame`.
+const READ_BUFFER: usize = 128;
+
+/// What every session of one server shares.
+#[derive(Debug)]
+pub(crate) struct SessionShared {
+    /// The server's configuration.
+    pub(crate) config: Config,
+    /// The registry all sessions report to.
+    pub(crate) registry: Addr<Registry>,
+    /// Application frame handlers.
+    pub(crate) handlers: Handlers,
+    /// Token verification, when authentication is configured.
+    pub(crate) authenticator: Option<Authenticator>,
+    names: NameLimits,
+    /// The server's metrics.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Prefix of the session ids this process hands out, random per start.
+    node: String,
+    next_id: AtomicU64,
+}
+
+impl SessionShared {
+    /// Shared state for sessions of one server.
+    pub(crate) fn new(
+        config: Config,
+        registry: Addr<Registry>,
+        handlers: Handlers,
+        authenticator: Option<Authenticator>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(SessionShared {
+            names: config.limits.names(),
+            config,
+            registry,
+            handlers,
+            authenticator,
+            metrics,
+            node: format!("{:06x}", fastrand::u32(..0x100_0000)),
+            next_id: AtomicU64::new(1),
+        })
+    }
+}
+
+/// One connection's actor. Applications meet it in frame handlers and in their own
+/// `Handler<M> for Session` implementations.
+pub struct Session {
+    id: SessionId,
+    wire_id: Arc<str>,
+    peer: SocketAddr,
+    user: Option<UserName>,
+    /// Rooms the registry confirmed with `subscribed`, until `unsubscribed`.
+    rooms: HashSet<RoomName>,
+    shared: Arc<SessionShared>,
+    outbox: Arc<Outbox>,
+    gauge: Arc<SessionGauge>,
+    heartbeat: Option<Heartbeat>,
+    handshake_timer: Option<SpawnHandle>,
+    bad_frames: u32,
+    closing: bool,
+    /// Rooms the user's token allows; `None` allows all.
+    room_policy: Option<RoomPolicy>,
+    rate: Option<governor::DefaultDirectRateLimiter>,
+    rate_violations: u32,
+    _permit: Option<ConnectionPermit>,
+    /// Ends the writer task with the session, even when the session dies by a panic.
+    _writer: AbortOnDropHandle<()>,
+    span: Span,
+}
+
+impl Session {
+    /// Starts a session for an accepted connection on the current arbiter. The `permit`, if
+    /// any, holds the connection's slot in the connection limits until the session ends.
+    pub(crate) fn start<S>(
+        io: S,
+        peer: SocketAddr,
+        shared: Arc<SessionShared>,
+        permit: Option<ConnectionPermit>,
+    ) -> Addr<Session>
+    where
+        S: AsyncRead + AsyncWrite + 'static,
+    {
+        let (read, write) = tokio::io::split(io);
+        Session::create(move |ctx| {
+            let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let wire_id: Arc<str> = format!("{}-{n}", shared.node).into();
+            let span =
+                tracing::debug_span!("session", id = %wire_id, %peer, user = tracing::field::Empty);
+            let outbox = Outbox::metered(shared.config.outbound_budget, shared.metrics.clone());
+            let gauge = SessionGauge::new(wire_id.clone());
+            let addr = ctx.address();
+            let writer = outbox
+                .clone()
+                .run_writer(write, shared.config.close_timeout);
+            let writer = actix_rt::spawn(async move {
+                let exit = writer.await;
+                addr.do_send(WriterDone(exit));
+            });
+            let codec = LineCodec::new(shared.config.max_frame);
+            let rate = shared.config.limits.session_rate_limiter();
+            ctx.add_stream(FramedRead::with_capacity(read, codec, READ_BUFFER));
+            Session {
+                id: SessionId(n),
+                wire_id,
+                peer,
+                user: None,
+                rooms: HashSet::new(),
+                shared,
+                outbox,
+                gauge,
+                heartbeat: None,
+                handshake_timer: None,
+                bad_frames: 0,
+                closing: false,
+                room_policy: None,
+                rate,
+                rate_violations: 0,
+                _permit: permit,
+                _writer: AbortOnDropHandle::new(writer),
+                span,
+            }
+        })
+    }
+
+    /// This session's id within the process.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The id sent to the client in `welcome.session`.
+    pub fn wire_id(&self) -> &str {
+        &self.wire_id
+    }
+
+    /// The user, once the handshake is done.
+    pub fn user(&self) -> Option<&UserName> {
+        self.user.as_ref()
+    }
+
+    /// The rooms this session is subscribed to.
+    pub fn rooms(&self) -> impl Iterator<Item = &RoomName> + '_ {
+        self.rooms.iter()
+    }
+
+    /// Whether this session is subscribed to `room`.
+    pub fn in_room(&self, room: &str) -> bool {
+        self.rooms.contains(room)
+    }
+
+    /// The server's name rules, to validate names in application frames.
+    pub fn names(&self) -> &NameLimits {
+        &self.shared.names
+    }
+
+    /// Checks a room named by a frame: its name against the configured limits, then the
+    /// user's token (its `rooms` claim). On failure the client gets `error` (`bad_request` or
+    /// `forbidden`, with the frame's `id`) and the result is `None`.
+    pub fn allowed_room(&self, room: &str, id: Option<&str>) -> Option<RoomName> {
+        let room = match self.shared.names.room(room) {
+            Ok(room) => room,
+            Err(e) => {
+                self.send_error(ErrorCode::BadRequest, &e.to_string(), id);
+                return None;
+            }
+        };
+        self.room_allowed(&room, id).then_some(room)
+    }
+
+    /// Queues `frame` (see [`encode_line`]) on every other session subscribed to `room`: an
+    /// unsequenced event such as "typing", not kept in history. Like every registry request of
+    /// a session it is awaited before the session reads on, so it keeps its place among this
+    /// session's frames.
+    pub fn broadcast(&mut self, ctx: &mut Context<Self>, room: &RoomName, frame: Bytes) {
+        let msg = registry::Broadcast {
+            room: room.clone(),
+            frame,
+            except: Some(self.id),
+        };
+        self.ask(ctx, msg, |_, _, _| {});
+    }
+
+    /// The remote address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The registry this session reports to.
+    pub fn registry(&self) -> &Addr<Registry> {
+        &self.shared.registry
+    }
+
+    /// The tracing span of this session (at `debug` level, so that it costs nothing per
+    /// connection under the default `info` filter); log with `parent: session.span()` and add
+    /// `session = %session.wire_id()` to events that must carry the id at `info`.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Queues any serialisable value as one frame. Returns `false` if it was not queued
+    /// (closing, or the outbound budget ran out, which closes the connection).
+    pub fn send_frame<T: Serialize + ?Sized>(&self, frame: &T) -> bool {
+        self.outbox.push(encode_line(frame))
+    }
+
+    /// Queues an `error` frame.
+    pub fn send_error(&self, code: ErrorCode, message: &str, id: Option<&str>) -> bool {
+        self.outbox
+            .push(Outbound::Error { code, message, id }.encode())
+    }
+
+    /// Closes the connection with `bye{reason}`, after what is already queued.
+    pub fn close(&mut self, reason: ByeReason, reconnect_ms: Option<u64>) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        if self.outbox.close(reason, reconnect_ms) {
+            match reason {
+                ByeReason::Normal | ByeReason::Shutdown | ByeReason::Kicked => {
+                    tracing::debug!(parent: &self.span, %reason, "closing")
+                }
+                _ => {
+                    tracing::info!(parent: &self.span, session = %self.wire_id, %reason, "closing")
+                }
+            }
+        }
+    }
+
+    /// Sends `msg` to the registry and runs `then` with its answer. Nothing else reaches this
+    /// session (frames, ticks, messages) until then, which orders a session's requests and
+    /// slows a flooding client down at its own socket.
+    fn ask<M, F>(&mut self, ctx: &mut Context<Self>, msg: M, then: F)
+    where
+        M: Message + std::marker::Send + 'static,
+        M::Result: std::marker::Send,
+        Registry: Handler<M>,
+        F: FnOnce(&mut Self, &mut Context<Self>, M::Result) + 'static,
+    {
+        let request = self.shared.registry.send(msg);
+        ctx.wait(
+            request
+                .into_actor(self)
+                .map(move |answer, act, ctx| match answer {
+                    Ok(result) => then(act, ctx, result),
+                    Err(e) => {
+                        tracing::error!(parent: &act.span, session = %act.wire_id, error = %e, "registry unreachable");
+                        act.send_error(ErrorCode::Internal, "registry unavailable", None);
+                    }
+                }),
+        );
+    }
+
+    fn on_line(&mut self, line: Bytes, ctx: &mut Context<Self>) {
+        if self.closing || self.outbox.closing().is_some() {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(hb) = &mut self.heartbeat {
+            hb.received(now);
+            self.gauge.alive(hb.dead_by());
+        }
+        if !self.within_rate() {
+            return;
+        }
+        let parsed = Inbound::parse_limited(&line, &self.shared.names);
+        self.shared.metrics.frame_in(&parsed, line.len());
+        match parsed {
+            Ok(frame) => self.dispatch(frame, &line, now, ctx),
+            Err(ParseError::BadFrame(message)) => {
+                self.bad_frames += 1;
+                tracing::debug!(parent: &self.span, bad_frames = self.bad_frames, %message, "bad frame");
+                self.send_error(ErrorCode::BadFrame, &message, None);
+                if self.bad_frames >= self.shared.config.max_bad_frames {
+                    self.close(ByeReason::ProtocolError, None);
+                }
+            }
+            Err(ParseError::BadRequest { message, id }) => {
+                self.send_error(ErrorCode::BadRequest, &message, id.as_deref());
+            }
+        }
+    }
+
+    /// Applies the per-session frame rate limit: a frame over the rate is dropped with
+    /// `error{code:"rate_limited"}`; `max_rate_violations` in a row close the session.
+    fn within_rate(&mut self) -> bool {
+        let Some(rate) = &self.rate else {
+            return true;
+        };
+        if rate.check().is_ok() {
+            self.rate_violations = 0;
+            return true;
+        }
+        self.rate_violations += 1;
+        self.shared.metrics.limit_hit("message_rate");
+        if self.rate_violations == 1 {
+            tracing::info!(parent: &self.span, session = %self.wire_id, "rate limit reached");
+        }
+        self.send_error(ErrorCode::RateLimited, "too many frames; slow down", None);
+        if self.rate_violations >= self.shared.config.limits.max_rate_violations {
+            self.close(ByeReason::RateLimited, None);
+        }
+        false
+    }
+
+    /// Refuses a room the user's token does not allow.
+    fn room_allowed(&self, room: &RoomName, id: Option<&str>) -> bool {
+        let allowed = self.room_policy.as_ref().is_none_or(|p| p.allows(room));
+        if !allowed {
+            tracing::info!(parent: &self.span, session = %self.wire_id, %room, "room not allowed by token");
+            self.send_error(
+                ErrorCode::Forbidden,
+                "your token does not allow this room",
+                id,
+            );
+        }
+        allowed
+    }
+
+    /// Handles a parsed frame that arrived at `now`.
+    fn dispatch(
+        &mut self,
+        frame: Inbound<'_>,
+        line: &Bytes,
+        now: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(user) = self.user.clone() else {
+            return self.dispatch_before_hello(frame, ctx);
+        };
+        match frame {
+            Inbound::Ping(ping) => {
+                self.outbox.push(Outbound::Pong { seq: ping.seq }.encode());
+            }
+            Inbound::Pong(pong) => {
+                let rtt = self
+                    .heartbeat
+                    .as_mut()
+                    .and_then(|hb| hb.pong(pong.seq, now));
+                if let Some(rtt) = rtt {
+                    self.gauge.set_rtt(rtt);
+                    self.shared.metrics.heartbeat_rtt(rtt);
+                }
+            }
+            Inbound::Hello(_) => {
+                self.send_error(ErrorCode::BadRequest, "already said hello", None);
+            }
+            Inbound::Subscribe(s) => {
+                let room = RoomName::checked(s.room);
+                if !self.room_allowed(&room, None) {
+                    return;
+                }
+                let msg = registry::Subscribe {
+                    id: self.id,
+                    room: room.clone(),
+                    since: s.since,
+                    epoch: s.epoch.map(|e| e.into_owned()),
+                };
+                self.ask(ctx, msg, move |act, _, joined| {
+                    if joined {
+                        act.rooms.insert(room);
+                    }
+                });
+            }
+            Inbound::Unsubscribe(u) => {
+                let room = RoomName::checked(u.room);
+                self.rooms.remove(&room);
+                let msg = registry::Unsubscribe { id: self.id, room };
+                self.ask(ctx, msg, |_, _, ()| {});
+            }
+            Inbound::Publish(p) => {
+                let room = RoomName::checked(p.room);
+                if !self.room_allowed(&room, p.id.as_deref()) {
+                    return;
+                }
+                let msg = registry::Publish {
+                    session: Some(self.id),
+                    room,
+                    from: Some(user),
+                    data: p.data.to_owned(),
+                    id: p.id.map(FrameId::checked),
+                };
+                // The registry queues the ack or the error itself.
+                self.ask(ctx, msg, |_, _, _| {});
+            }
+            Inbound::Send(s) => {
+                let msg = registry::SendTo {
+                    session: Some(self.id),
+                    from: Some(user),
+                    to: UserName::checked(s.to),
+                    data: s.data.to_owned(),
+                    id: s.id.map(FrameId::checked),
+                };
+                self.ask(ctx, msg, |_, _, _| {});
+            }
+            Inbound::Bye(bye) => {
+                tracing::debug!(parent: &self.span, reason = ?bye.reason, "client said bye");
+                self.closing = true;
+                self.outbox.close_silently(ByeReason::Normal);
+            }
+            Inbound::Other { kind, id } => match self.shared.handlers.get(&kind) {
+                Some(handler) => {
+                    let frame = AppFrame {
+                        kind: kind.into_owned(),
+                        id,
+                        line: line.clone(),
+                    };
+                    handler.handle(self, ctx, frame);
+                }
+                None => {
+                    let message = format!("unknown frame type `{kind}`");
+                    self.send_error(ErrorCode::UnknownType, &message, id.as_deref());
+                }
+            },
+        }
+    }
+
+    fn dispatch_before_hello(&mut self, frame: Inbound<'_>, ctx: &mut Context<Self>) {
+        match frame {
+            Inbound::Hello(hello) => {
+                tracing::debug!(parent: &self.span, client = hello.client.as_deref(), "hello");
+                let (user, expires_in) = match &self.shared.authenticator {
+                    Some(auth) => {
+                        let verified = match hello.token.as_deref() {
+                            Some(token) => auth.verify(token),
+                            None => Err(AuthError::Missing),
+                        };
+                        match verified {
+                            Ok(identity) => {
+                                self.room_policy = identity.rooms;
+                                (identity.user, Some(identity.expires_in))
+                            }
+                            Err(error) => {
+                                tracing::info!(parent: &self.span, session = %self.wire_id, %error, "authentication failed");
+                                self.send_error(ErrorCode::Unauthorized, &error.to_string(), None);
+                                return self.close(ByeReason::Unauthorized, None);
+                            }
+                        }
+                    }
+                    None => match hello.user {
+                        Some(user) => (UserName::checked(user), None),
+                        None => {
+                            self.send_error(ErrorCode::BadRequest, "`user` is required", None);
+                            return;
+                        }
+                    },
+                };
+                let msg = registry::Identify {
+                    id: self.id,
+                    user: user.clone(),
+                };
+                self.ask(ctx, msg, move |act, ctx, result| match result {
+                    Ok(()) => {
+                        act.welcome(user, ctx);
+                        if let Some(expires_in) = expires_in {
+                            ctx.run_later(expires_in, |act, _| {
+                                tracing::info!(parent: &act.span, session = %act.wire_id, "token expired");
+                                act.send_error(ErrorCode::Unauthorized, "token expired", None);
+                                act.close(ByeReason::Unauthorized, None);
+                            });
+                        }
+                    }
+                    Err(RegistryError::UserLimit) => {
+                        act.send_error(
+                            ErrorCode::Forbidden,
+                            "too many sessions for this user",
+                            None,
+                        );
+                        act.close(ByeReason::TooManyConnections, None);
+                    }
+                    Err(RegistryError::Draining) => act.close(ByeReason::Shutdown, None),
+                    Err(RegistryError::UnknownSession) => {
+                        act.send_error(ErrorCode::Internal, "session lost by the registry", None);
+                        act.close(ByeReason::Normal, None);
+                    }
+                });
+            }
+            Inbound::Ping(ping) => {
+                self.outbox.push(Outbound::Pong { seq: ping.seq }.encode());
+            }
+            Inbound::Bye(_) => {
+                self.closing = true;
+                self.outbox.close_silently(ByeReason::Normal);
+            }
+            other => {
+                let id = match &other {
+                    Inbound::Publish(p) => p.id.as_deref(),
+                    Inbound::Send(s) => s.id.as_deref(),
+                    Inbound::Other { id, .. } => id.as_deref(),
+                    _ => None,
+                };
+                self.send_error(ErrorCode::NotReady, "say hello first", id);
+            }
+        }
+    }
+
+    fn welcome(&mut self, user: UserName, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.handshake_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        self.span.record("user", &*user);
+        let config = &self.shared.config;
+        let welcome = Outbound::Welcome {
+            session: &self.wire_id,
+            user: &user,
+            heartbeat: HeartbeatInfo {
+                interval_ms: config.heartbeat_interval.as_millis() as u64,
+                max_missed: config.max_missed,
+            },
+            max_frame: config.max_frame,
+            server: &config.server_name,
+        };
+        self.outbox.push(welcome.encode());
+        tracing::debug!(parent: &self.span, "welcome");
+        self.user = Some(user);
+        self.start_heartbeat(ctx);
+    }
+
+    /// Pings every interval from a random first tick, so that connections accepted together do
+    /// not ping together.
+    fn start_heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let interval = self.shared.config.heartbeat_interval;
+        let heartbeat = Heartbeat::new(interval, self.shared.config.max_missed, Instant::now());
+        self.gauge.alive(heartbeat.dead_by());
+        self.heartbeat = Some(heartbeat);
+        let first = interval.mul_f64(fastrand::f64());
+        ctx.run_later(first, move |act, ctx| {
+            act.on_tick();
+            ctx.run_interval(interval, |act, _| act.on_tick());
+        });
+    }
+
+    fn on_tick(&mut self) {
+        if self.closing {
+            return;
+        }
+        let Some(hb) = &mut self.heartbeat else {
+            return;
+        };
+        match hb.tick(Instant::now()) {
+            Tick::Ping { seq, missed } => {
+                self.gauge.set_missed(missed);
+                if missed > 0 {
+                    self.shared.metrics.heartbeat_missed();
+                    tracing::debug!(parent: &self.span, missed, "heartbeat missed");
+                }
+                self.outbox.push(Outbound::Ping { seq }.encode());
+            }
+            Tick::Skip => {}
+            Tick::Dead { missed } => {
+                self.gauge.set_missed(missed);
+                self.shared.metrics.heartbeat_missed();
+                tracing::info!(parent: &self.span, session = %self.wire_id, missed, "peer silent too long");
+                self.close(ByeReason::HeartbeatTimeout, None);
+            }
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        tracing::debug!(parent: &self.span, "connected");
+        let connect = registry::Connect {
+            id: self.id,
+            addr: ctx.address(),
+            outbox: self.outbox.clone(),
+            peer: self.peer,
+            gauge: self.gauge.clone(),
+        };
+        let reconnect_ms = self.shared.config.shutdown_reconnect.as_millis() as u64;
+        self.ask(ctx, connect, move |act, _, result| {
+            if result.is_err() {
+                act.close(ByeReason::Shutdown, Some(reconnect_ms));
+            }
+        });
+        if let Some(age) = self.shared.config.limits.jittered_max_age() {
+            ctx.run_later(age, move |act, _| {
+                let hint = fastrand::u64(0..=reconnect_ms.max(1));
+                act.close(ByeReason::MaxAge, Some(hint));
+            });
+        }
+        let timeout = self.shared.config.handshake_timeout;
+        self.gauge.set_dead_by(Instant::now() + timeout);
+        self.handshake_timer = Some(ctx.run_later(timeout, |act, _| {
+            if act.user.is_none() {
+                act.close(ByeReason::HandshakeTimeout, None);
+            }
+        }));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        tracing::debug!(parent: &self.span, "session ended");
+        self.shared.metrics.closed(self.outbox.closing());
+        // One message per session lifetime: `do_send` cannot pile up here.
+        self.shared
+            .registry
+            .do_send(registry::Disconnect { id: self.id });
+    }
+}
+
+impl StreamHandler<Result<Bytes, CodecError>> for Session {
+    fn handle(&mut self, item: Result<Bytes, CodecError>, ctx: &mut Self::Context) {
+        match item {
+            Ok(line) => self.on_line(line, ctx),
+            Err(CodecError::FrameTooLarge(max)) => {
+                tracing::info!(parent: &self.span, session = %self.wire_id, max, "frame too large");
+                self.close(ByeReason::FrameTooLarge, None);
+            }
+            Err(CodecError::Io(error)) => {
+                tracing::debug!(parent: &self.span, %error, "read failed");
+                self.closing = true;
+                self.outbox.close_silently(ByeReason::Normal);
+            }
+        }
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        // The peer closed its side: flush what is queued, then end.
+        self.closing = true;
+        self.outbox.close_silently(ByeReason::Normal);
+    }
+}
+
+/// The writer task ended; the session ends with it.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriterDone(WriterExit);
+
+impl Handler<WriterDone> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: WriterDone, ctx: &mut Self::Context) {
+        match msg.0 {
+            WriterExit::Closed(reason) => {
+                tracing::info!(parent: &self.span, session = %self.wire_id, %reason, "closed")
+            }
+            WriterExit::TimedOut(reason) => {
+                tracing::warn!(parent: &self.span, session = %self.wire_id, %reason, "closed before the peer took its queued frames")
+            }
+            WriterExit::Failed(error) => {
+                tracing::info!(parent: &self.span, session = %self.wire_id, %error, "connection lost")
+            }
+        }
+        ctx.stop();
+    }
+}

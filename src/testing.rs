@@ -1,0 +1,84 @@
+//! Internals that the crate's own benchmarks and integration tests reach. Not part of the
+//! API: anything here may change in any release.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::names::{NameLimits, RoomName, UserName};
+pub use crate::outbox::Outbox;
+pub use crate::protocol::codec::LineCodec;
+use crate::protocol::{Inbound, Outbound};
+use crate::registry::{self, SessionId};
+use crate::session::{Session, SessionGauge};
+use crate::ServerHandle;
+
+/// Parses one client line the way a session does; `true` when it is a valid frame.
+pub fn parse_frame(line: &[u8]) -> bool {
+    Inbound::parse_limited(line, &NameLimits::default()).is_ok()
+}
+
+/// Encodes a server `ping`.
+pub fn encode_ping(seq: u64) -> Bytes {
+    Outbound::Ping { seq }.encode()
+}
+
+/// Serves `io` (any byte stream, e.g. an in-memory pipe) as a session of `server`, on the
+/// current arbiter.
+pub fn start_session<S>(server: &ServerHandle, io: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + 'static,
+{
+    Session::start(io, peer, server.shared().clone(), None);
+}
+
+/// Runs the registry's sweep now instead of at its next tick.
+pub async fn sweep_now(server: &ServerHandle) {
+    let _ = server.registry().send(registry::SweepNow).await;
+}
+
+/// Registers a session whose actor is already dead and which will never unregister: what a
+/// session that died without its `stopped` hook leaves behind, for the sweep to find. `id`
+/// must be far above the ids the server hands out.
+pub async fn register_dead_session(server: &ServerHandle, id: u64, user: &str, rooms: &[&str]) {
+    let (tx, rx) = actix::dev::channel::channel::<Session>(16);
+    drop(rx);
+    let id = SessionId(id);
+    let registry = server.registry();
+    let connect = registry::Connect {
+        id,
+        addr: actix::Addr::new(tx),
+        outbox: Outbox::new(64 * 1024),
+        peer: SocketAddr::from(([127, 0, 0, 1], 9)),
+        gauge: SessionGauge::new(format!("ghost-{}", id.0).into()),
+    };
+    if !matches!(registry.send(connect).await, Ok(Ok(()))) {
+        return;
+    }
+    let _ = registry
+        .send(registry::Identify {
+            id,
+            user: UserName::checked(user),
+        })
+        .await;
+    for room in rooms {
+        let _ = registry
+            .send(registry::Subscribe {
+                id,
+                room: RoomName::checked(*room),
+                since: None,
+                epoch: None,
+            })
+            .await;
+    }
+}
+
+/// A TLS connector trusting the CA in the PEM file `ca_pem`, for raw TLS test clients.
+#[cfg(feature = "tls")]
+pub fn tls_connector(ca_pem: &std::path::Path) -> tokio_rustls::TlsConnector {
+    match crate::tls::connector_with_ca(ca_pem) {
+        Ok(connector) => connector,
+        Err(e) => panic!("test CA {}: {e}", ca_pem.display()),
+    }
+}

@@ -1,0 +1,38 @@
+//! Integration tests over real sockets: servers on port 0 in this process (or the `heartwire`
+//! binary as a child process), raw protocol clients and the client library. One test crate, so
+//! that the suite links once; `tests/churn.rs` measures memory and has a process of its own.
+
+mod common;
+
+#[cfg(feature = "cli")]
+mod bench_smoke;
+#[cfg(feature = "cli")]
+mod cli;
+#[cfg(feature = "client")]
+mod client_backpressure;
+#[cfg(feature = "cli")]
+mod client_cli;
+#[cfg(feature = "client")]
+mod client_exactly_once;
+#[cfg(feature = "client")]
+mod client_heartbeat;
+#[cfg(feature = "client")]
+mod client_reconnect;
+#[cfg(feature = "client")]
+mod client_request;
+#[cfg(feature = "client")]
+mod client_support;
+#[cfg(feature = "http")]
+mod embedding;
+mod extension;
+mod framing;
+mod handshake;
+mod hostile;
+#[cfg(feature = "http")]
+mod http_api;
+mod presence;
+mod robustness;
+mod rooms;
+#[cfg(all(feature = "tls", feature = "jwt", feature = "client"))]
+mod security;
+mod shutdown;
