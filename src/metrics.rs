@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -40,86 +41,160 @@ use crate::protocol::{ByeReason, Inbound, ParseError};
 #[cfg(feature = "http")]
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// `type` labels of inbound frames. `app` is a frame for an application handler (or for
-/// none: the label set must stay bounded whatever clients send), `invalid` a line that was not
-/// a valid frame.
-const IN_TYPES: [&str; 11] = [
-    "hello",
-    "ping",
-    "pong",
-    "subscribe",
-    "unsubscribe",
-    "publish",
-    "send",
-    "bye",
-    "presence",
-    "app",
-    "invalid",
-];
+/// Defines a label enum: its variants index the pre-resolved counter handles, its names are
+/// the label values, so a label can be neither misspelled nor forgotten.
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $label:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub(crate) enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
 
-/// `type` labels of outbound frames; `app` is anything else (application frames).
-const OUT_TYPES: [&str; 13] = [
-    "welcome",
-    "ping",
-    "pong",
-    "subscribed",
-    "unsubscribed",
-    "message",
-    "ack",
-    "error",
-    "bye",
-    "presence",
-    "join",
-    "leave",
-    "app",
-];
+        impl $name {
+            const ALL: &'static [$name] = &[$($name::$variant,)+];
 
-/// `reason` labels of closed connections: the `bye` reasons, and `connection_lost` for a
-/// socket that failed before any close began.
-const CLOSE_REASONS: [&str; 13] = [
-    "normal",
-    "heartbeat_timeout",
-    "handshake_timeout",
-    "shutdown",
-    "slow_consumer",
-    "frame_too_large",
-    "protocol_error",
-    "unauthorized",
-    "kicked",
-    "max_age",
-    "too_many_connections",
-    "rate_limited",
-    "connection_lost",
-];
+            fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
 
-/// `limit` labels of [`Metrics::limit_hit`]: the configuration key of the limit.
-const LIMITS: [&str; 6] = [
-    "max_connections",
-    "max_connections_per_ip",
-    "accept_rate",
-    "max_sessions_per_user",
-    "max_rooms_per_session",
-    "message_rate",
-];
+        impl From<$name> for usize {
+            fn from(label: $name) -> usize {
+                label as usize
+            }
+        }
 
-type Labels = [(&'static str, &'static str); 1];
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+                fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    };
+}
+
+label_enum!(
+    /// `type` of inbound frames. `App` is a frame for an application handler (or for none: the
+    /// label set must stay bounded whatever clients send), `Invalid` a line that was not a
+    /// valid frame.
+    InType {
+        Hello = "hello",
+        Ping = "ping",
+        Pong = "pong",
+        Subscribe = "subscribe",
+        Unsubscribe = "unsubscribe",
+        Publish = "publish",
+        Send = "send",
+        Bye = "bye",
+        Presence = "presence",
+        App = "app",
+        Invalid = "invalid",
+    }
+);
+
+label_enum!(
+    /// `type` of outbound frames; `App` is anything else (application frames).
+    OutType {
+        Welcome = "welcome",
+        Ping = "ping",
+        Pong = "pong",
+        Subscribed = "subscribed",
+        Unsubscribed = "unsubscribed",
+        Message = "message",
+        Ack = "ack",
+        Error = "error",
+        Bye = "bye",
+        Presence = "presence",
+        Join = "join",
+        Leave = "leave",
+        App = "app",
+    }
+);
+
+label_enum!(
+    /// `reason` of closed connections: the `bye` reasons, and `connection_lost` for a socket
+    /// that failed before any close began.
+    CloseReason {
+        Normal = "normal",
+        HeartbeatTimeout = "heartbeat_timeout",
+        HandshakeTimeout = "handshake_timeout",
+        Shutdown = "shutdown",
+        SlowConsumer = "slow_consumer",
+        FrameTooLarge = "frame_too_large",
+        ProtocolError = "protocol_error",
+        Unauthorized = "unauthorized",
+        Kicked = "kicked",
+        MaxAge = "max_age",
+        ServerFull = "server_full",
+        TooManyConnections = "too_many_connections",
+        RateLimited = "rate_limited",
+        ConnectionLost = "connection_lost",
+    }
+);
+
+impl From<Option<ByeReason>> for CloseReason {
+    fn from(reason: Option<ByeReason>) -> Self {
+        match reason {
+            None => CloseReason::ConnectionLost,
+            Some(ByeReason::Normal) => CloseReason::Normal,
+            Some(ByeReason::HeartbeatTimeout) => CloseReason::HeartbeatTimeout,
+            Some(ByeReason::HandshakeTimeout) => CloseReason::HandshakeTimeout,
+            Some(ByeReason::Shutdown) => CloseReason::Shutdown,
+            Some(ByeReason::SlowConsumer) => CloseReason::SlowConsumer,
+            Some(ByeReason::FrameTooLarge) => CloseReason::FrameTooLarge,
+            Some(ByeReason::ProtocolError) => CloseReason::ProtocolError,
+            Some(ByeReason::Unauthorized) => CloseReason::Unauthorized,
+            Some(ByeReason::Kicked) => CloseReason::Kicked,
+            Some(ByeReason::MaxAge) => CloseReason::MaxAge,
+            Some(ByeReason::ServerFull) => CloseReason::ServerFull,
+            Some(ByeReason::TooManyConnections) => CloseReason::TooManyConnections,
+            Some(ByeReason::RateLimited) => CloseReason::RateLimited,
+        }
+    }
+}
+
+label_enum!(
+    /// `limit` of [`Metrics::limit_hit`]: the configuration key of the limit.
+    Limit {
+        MaxConnections = "max_connections",
+        MaxConnectionsPerIp = "max_connections_per_ip",
+        AcceptRate = "accept_rate",
+        MaxSessionsPerUser = "max_sessions_per_user",
+        MaxRoomsPerSession = "max_rooms_per_session",
+        MessageRate = "message_rate",
+    }
+);
+
+/// One label: its key and a label enum's value.
+type Label<L> = [(&'static str, L); 1];
+
+/// Counters of one labelled family, resolved once and indexed by the label enum.
+struct Handles(Vec<Counter>);
+
+impl Handles {
+    fn get<L: Copy + Into<usize>>(&self, label: L) -> &Counter {
+        &self.0[label.into()]
+    }
+}
 
 /// The metrics of one server. Cheap to share: clone the `Arc` it lives in.
 pub struct Metrics {
     registry: PromRegistry,
     accepts: Counter,
     accept_errors: Counter,
-    closes: [Counter; CLOSE_REASONS.len()],
+    closes: Handles,
     slow_consumer_closes: Counter,
-    frames_in: [Counter; IN_TYPES.len()],
-    frames_out: [Counter; OUT_TYPES.len()],
+    frames_in: Handles,
+    frames_out: Handles,
     bytes_in: Counter,
     bytes_out: Counter,
     rtt: Histogram,
     misses: Counter,
     sweep_sessions: Counter,
     sweep_rooms: Counter,
-    limits: [Counter; LIMITS.len()],
+    limits: Handles,
     connections: Gauge,
     identified: Gauge,
     users: Gauge,
@@ -143,17 +218,33 @@ impl Default for Metrics {
     }
 }
 
-/// Registers a family and resolves one handle per label value.
-fn family<const N: usize>(
+/// Registers a family and resolves one handle per label value, in the enum's order.
+fn family<L>(
     registry: &mut PromRegistry,
     name: &str,
     help: &str,
     key: &'static str,
-    values: [&'static str; N],
-) -> [Counter; N] {
-    let family = Family::<Labels, Counter>::default();
+    values: &[L],
+) -> Handles
+where
+    L: EncodeLabelValue
+        + Clone
+        + fmt::Debug
+        + PartialEq
+        + Eq
+        + std::hash::Hash
+        + Send
+        + Sync
+        + 'static,
+{
+    let family = Family::<Label<L>, Counter>::default();
     registry.register(name, help, family.clone());
-    values.map(|v| family.get_or_create(&[(key, v)]).clone())
+    Handles(
+        values
+            .iter()
+            .map(|v| family.get_or_create(&[(key, v.clone())]).clone())
+            .collect(),
+    )
 }
 
 fn counter(registry: &mut PromRegistry, name: &str, help: &str) -> Counter {
@@ -179,7 +270,7 @@ impl Metrics {
             "closes",
             "Connections closed, by reason (the bye reason, or connection_lost)",
             "reason",
-            CLOSE_REASONS,
+            CloseReason::ALL,
         );
         let slow_consumer_closes = counter(
             &mut r,
@@ -191,14 +282,14 @@ impl Metrics {
             "frames_in",
             "Frames received, by type",
             "type",
-            IN_TYPES,
+            InType::ALL,
         );
         let frames_out = family(
             &mut r,
             "frames_out",
             "Frames written to sockets, by type",
             "type",
-            OUT_TYPES,
+            OutType::ALL,
         );
         let bytes_in = counter(&mut r, "bytes_in", "Bytes of frames received");
         let bytes_out = counter(&mut r, "bytes_out", "Bytes written to sockets");
@@ -228,7 +319,7 @@ impl Metrics {
             "limit_hits",
             "Times a configured limit refused or delayed something, by limit (its config key)",
             "limit",
-            LIMITS,
+            Limit::ALL,
         );
         let connections = gauge(&mut r, "connections", "Open connections (sessions)");
         let identified = gauge(
@@ -295,51 +386,46 @@ impl Metrics {
     /// A connection ended; `reason` is the reason its close began with (`None`: the socket
     /// failed first).
     pub(crate) fn closed(&self, reason: Option<ByeReason>) {
-        let label = reason.map_or("connection_lost", ByeReason::as_str);
-        if let Some(i) = CLOSE_REASONS.iter().position(|r| *r == label) {
-            self.closes[i].inc();
-        }
+        self.closes.get(CloseReason::from(reason)).inc();
         if reason == Some(ByeReason::SlowConsumer) {
             self.slow_consumer_closes.inc();
         }
     }
 
-    /// A limit triggered; `limit` is its config key (e.g. `"max_connections_per_ip"`).
-    pub(crate) fn limit_hit(&self, limit: &str) {
-        if let Some(i) = LIMITS.iter().position(|l| *l == limit) {
-            self.limits[i].inc();
-        }
+    /// A limit triggered.
+    pub(crate) fn limit_hit(&self, limit: Limit) {
+        self.limits.get(limit).inc();
     }
 
     /// A line arrived and was parsed into `frame`.
     pub(crate) fn frame_in(&self, frame: &Result<Inbound<'_>, ParseError>, len: usize) {
-        let i = match frame {
-            Ok(Inbound::Hello(_)) => 0,
-            Ok(Inbound::Ping(_)) => 1,
-            Ok(Inbound::Pong(_)) => 2,
-            Ok(Inbound::Subscribe(_)) => 3,
-            Ok(Inbound::Unsubscribe(_)) => 4,
-            Ok(Inbound::Publish(_)) => 5,
-            Ok(Inbound::Send(_)) => 6,
-            Ok(Inbound::Bye(_)) => 7,
-            Ok(Inbound::Other { kind, .. }) if kind == "presence" => 8,
-            Ok(Inbound::Other { .. }) => 9,
-            Err(_) => 10,
+        let label = match frame {
+            Ok(Inbound::Hello(_)) => InType::Hello,
+            Ok(Inbound::Ping(_)) => InType::Ping,
+            Ok(Inbound::Pong(_)) => InType::Pong,
+            Ok(Inbound::Subscribe(_)) => InType::Subscribe,
+            Ok(Inbound::Unsubscribe(_)) => InType::Unsubscribe,
+            Ok(Inbound::Publish(_)) => InType::Publish,
+            Ok(Inbound::Send(_)) => InType::Send,
+            Ok(Inbound::Bye(_)) => InType::Bye,
+            Ok(Inbound::Other { kind, .. }) if kind == "presence" => InType::Presence,
+            Ok(Inbound::Other { .. }) => InType::App,
+            Err(_) => InType::Invalid,
         };
-        self.frames_in[i].inc();
+        self.frames_in.get(label).inc();
         // The newline is part of what came over the wire.
         self.bytes_in.inc_by(len as u64 + 1);
     }
 
     /// A batch of frames was written to a socket.
     pub(crate) fn frames_written(&self, batch: &[Bytes]) {
-        let mut tally = [0u64; OUT_TYPES.len()];
+        let mut tally = [0u64; OutType::ALL.len()];
         let mut bytes = 0;
         for frame in batch {
-            tally[out_type(frame)] += 1;
+            tally[usize::from(out_type(frame))] += 1;
             bytes += frame.len() as u64;
         }
-        for (counter, n) in self.frames_out.iter().zip(tally) {
+        for (counter, n) in self.frames_out.0.iter().zip(tally) {
             if n > 0 {
                 counter.inc_by(n);
             }
@@ -395,22 +481,22 @@ pub struct Levels {
     pub history: Option<(usize, usize)>,
 }
 
-/// The label index of an encoded outbound frame. Frames the server encodes start with
+/// The label of an encoded outbound frame. Frames the server encodes start with
 /// `{"type":"NAME"` (the tag is serialised first), so a prefix comparison is enough.
-fn out_type(frame: &[u8]) -> usize {
-    const APP: usize = OUT_TYPES.len() - 1;
+fn out_type(frame: &[u8]) -> OutType {
     const HEAD: &[u8] = b"{\"type\":\"";
     let Some(rest) = frame.strip_prefix(HEAD) else {
-        return APP;
+        return OutType::App;
     };
     let Some(end) = rest.iter().take(16).position(|b| *b == b'"') else {
-        return APP;
+        return OutType::App;
     };
     let name = &rest[..end];
-    OUT_TYPES[..APP]
+    OutType::ALL
         .iter()
-        .position(|t| t.as_bytes() == name)
-        .unwrap_or(APP)
+        .copied()
+        .find(|t| *t != OutType::App && t.as_str().as_bytes() == name)
+        .unwrap_or(OutType::App)
 }
 
 #[cfg(test)]
@@ -420,16 +506,13 @@ mod tests {
     #[test]
     fn classifies_outbound_frames_by_prefix() {
         assert_eq!(
-            OUT_TYPES[out_type(b"{\"type\":\"message\",\"room\":1}\n")],
-            "message"
+            out_type(b"{\"type\":\"message\",\"room\":1}\n"),
+            OutType::Message
         );
-        assert_eq!(OUT_TYPES[out_type(b"{\"type\":\"bye\"}\n")], "bye");
-        assert_eq!(OUT_TYPES[out_type(b"{\"type\":\"whoami\"}\n")], "app");
-        assert_eq!(
-            OUT_TYPES[out_type(b"{\"id\":1,\"type\":\"ping\"}\n")],
-            "app"
-        );
-        assert_eq!(OUT_TYPES[out_type(b"")], "app");
+        assert_eq!(out_type(b"{\"type\":\"bye\"}\n"), OutType::Bye);
+        assert_eq!(out_type(b"{\"type\":\"whoami\"}\n"), OutType::App);
+        assert_eq!(out_type(b"{\"id\":1,\"type\":\"ping\"}\n"), OutType::App);
+        assert_eq!(out_type(b""), OutType::App);
     }
 
     fn text_has(m: &Metrics, needle: &str) -> bool {

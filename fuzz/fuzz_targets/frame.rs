@@ -3,8 +3,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use heartwire::codec::LineCodec;
-use heartwire::protocol::Inbound;
+use heartwire::testing::{parse_frame, LineCodec};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 
@@ -22,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
             match codec.decode(&mut buf) {
                 Ok(Some(line)) => {
                     assert!(line.len() <= 256);
-                    let _ = Inbound::parse(&line);
+                    let _ = parse_frame(&line);
                 }
                 Ok(None) => break,
                 Err(_) => return,

@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::broker::{Broker, BrokerError, PublishRequest};
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Metrics};
 use crate::names::{FrameId, RoomName, UserName};
 use crate::outbox::Outbox;
 use crate::protocol::{ByeReason, ErrorCode, Outbound};
@@ -361,7 +361,7 @@ impl Handler<Identify> for Registry {
         let max = self.limits.max_sessions_per_user;
         if max > 0 && self.users.get(&msg.user).is_some_and(|s| s.len() >= max) {
             tracing::info!(user = %msg.user, max, "session refused: max_sessions_per_user reached");
-            self.metrics.limit_hit("max_sessions_per_user");
+            self.metrics.limit_hit(Limit::MaxSessionsPerUser);
             return Err(RegistryError::UserLimit);
         }
         let entry = self
@@ -415,7 +415,7 @@ impl Handler<Subscribe> for Registry {
         let max = self.limits.max_rooms_per_session;
         if entry.rooms.len() >= max && !entry.rooms.contains(&msg.room) {
             tracing::info!(session = %msg.id, max, "subscribe refused: max_rooms_per_session reached");
-            self.metrics.limit_hit("max_rooms_per_session");
+            self.metrics.limit_hit(Limit::MaxRoomsPerSession);
             let message = format!("at most {max} rooms per session");
             self.push_error(msg.id, ErrorCode::Forbidden, &message, None);
             return Box::pin(async { false });

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Keepalive};
 use crate::limits::{ConnectionPermit, ConnectionTracker, Refusal};
+use crate::metrics::Limit;
 use crate::protocol::{ByeReason, Outbound};
 use crate::session::{Session, SessionShared};
 use crate::tls::TlsAcceptor;
@@ -61,7 +62,7 @@ impl AcceptLoop {
         let mut next = 0usize;
         loop {
             if let Some(rate) = self.accept_rate.as_ref().filter(|r| r.check().is_err()) {
-                self.shared.metrics.limit_hit("accept_rate");
+                self.shared.metrics.limit_hit(Limit::AcceptRate);
                 // Waiting here leaves new connections in the listen backlog.
                 tokio::select! {
                     () = self.stop.cancelled() => break,
@@ -94,8 +95,8 @@ impl AcceptLoop {
                         .is_none()
                         .then_some(self.shared.config.shutdown_reconnect);
                     self.shared.metrics.limit_hit(match refusal {
-                        Refusal::ServerFull => "max_connections",
-                        Refusal::IpLimit => "max_connections_per_ip",
+                        Refusal::ServerFull => Limit::MaxConnections,
+                        Refusal::IpLimit => Limit::MaxConnectionsPerIp,
                     });
                     refuse(&stream, refusal, bye);
                     continue;

@@ -37,7 +37,7 @@ use self::heartbeat::{Heartbeat, Tick};
 use crate::auth::{AuthError, Authenticator, RoomPolicy};
 use crate::config::Config;
 use crate::limits::ConnectionPermit;
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Metrics};
 use crate::names::{FrameId, NameLimits, RoomName, UserName};
 use crate::outbox::{Outbox, WriterExit};
 use crate::protocol::codec::{CodecError, LineCodec};
@@ -340,7 +340,7 @@ impl Session {
             return true;
         }
         self.rate_violations += 1;
-        self.shared.metrics.limit_hit("message_rate");
+        self.shared.metrics.limit_hit(Limit::MessageRate);
         if self.rate_violations == 1 {
             tracing::info!(parent: &self.span, session = %self.wire_id, "rate limit reached");
         }

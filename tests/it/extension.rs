@@ -173,3 +173,35 @@ async fn custom_registry_message_works() {
     );
     assert_eq!(stats(&server).await.users, 2);
 }
+
+/// The example's `typing` frame: the room's other members get the event, the sender does not,
+/// and a session outside the room is refused.
+#[actix_rt::test]
+async fn typing_reaches_the_other_members_of_the_room_only() {
+    let server = start_extended();
+    let addr = server.local_addr();
+    let (mut alice, _) = crate::common::subscriber(addr, "alice", "lobby").await;
+    let (mut bob, _) = crate::common::subscriber(addr, "bob", "lobby").await;
+    let (mut carol, _) = Client::hello(addr, "carol").await;
+    alice.send(json!({"type": "typing", "room": "lobby"})).await;
+    assert_eq!(
+        bob.recv_non_ping().await,
+        json!({"type": "typing", "room": "lobby", "user": "alice"})
+    );
+    // Alice hears nothing of her own typing: her next frame is the pong.
+    alice.send(json!({"type": "ping", "seq": 7})).await;
+    assert_eq!(
+        alice.recv_non_ping().await,
+        json!({"type": "pong", "seq": 7})
+    );
+    carol
+        .send(json!({"type": "typing", "room": "lobby", "id": "t"}))
+        .await;
+    let e = carol.recv_type("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("forbidden"), Some("t"))
+    );
+    bob.send(json!({"type": "ping", "seq": 8})).await;
+    assert_eq!(bob.recv_non_ping().await, json!({"type": "pong", "seq": 8}));
+}

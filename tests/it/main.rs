@@ -30,6 +30,7 @@ mod handshake;
 mod hostile;
 #[cfg(feature = "http")]
 mod http_api;
+mod names;
 mod presence;
 mod robustness;
 mod rooms;
