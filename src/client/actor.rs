@@ -84,6 +84,8 @@ pub struct Client {
     events: EventSink,
     /// A blocked event delivery is being waited for.
     flushing: bool,
+    /// How many times the application held delivery up (and with it, reading the socket).
+    stalls: u64,
     conn: Option<Conn>,
     dialing: bool,
     generation: u64,
@@ -169,6 +171,7 @@ impl Client {
             backoff: Backoff::new(config.backoff),
             events,
             flushing: false,
+            stalls: 0,
             conn: None,
             dialing: false,
             generation: 0,
@@ -207,6 +210,7 @@ impl Client {
         }
         if let Flush::Blocked(wait) = self.events.try_flush() {
             self.flushing = true;
+            self.stalls += 1;
             tracing::trace!(parent: &self.span, backlog = self.events.backlog(), "application is behind; reads paused");
             ctx.wait(wait.into_actor(self).map(|(), act, ctx| {
                 act.flushing = false;
@@ -429,8 +433,13 @@ impl Client {
             }
             ServerFrame::Pong => {}
             ServerFrame::Subscribed(s) => {
-                for event in self.rooms.on_subscribed(s) {
+                let room = s.room.clone();
+                let answered = self.rooms.on_subscribed(s);
+                for event in answered.events {
                     self.emit(event, ctx);
+                }
+                if let Some(fetch) = answered.fetch {
+                    self.fetch(room, fetch, ctx);
                 }
             }
             ServerFrame::Unsubscribed(room) => self.emit(ClientEvent::Unsubscribed { room }, ctx),
@@ -507,6 +516,35 @@ impl Client {
             };
             conn.outbox.push(frame.encode());
         }
+    }
+
+    /// Fetches what `room`'s new epoch retains: `subscribe` again, now with `since: 0` and the
+    /// new epoch (see [`Rooms`]), and watch for the answer.
+    fn fetch(&mut self, room: String, fetch: u64, ctx: &mut Context<Self>) {
+        tracing::debug!(parent: &self.span, room, "new epoch: fetching its retained history");
+        self.send_subscribe(&room);
+        self.watch_fetch(room, fetch, self.stalls, ctx);
+    }
+
+    /// Gives up a fetch that got no answer within `request_timeout` (the server may have
+    /// dropped the `subscribe`, e.g. as rate-limited), so that the room's held messages are
+    /// not held forever. Time the application held the client up does not count: the answer
+    /// may be sitting unread in the socket.
+    fn watch_fetch(&mut self, room: String, fetch: u64, stalls: u64, ctx: &mut Context<Self>) {
+        let generation = self.generation;
+        ctx.run_later(self.config.request_timeout, move |act, ctx| {
+            let current = act.conn.as_ref().is_some_and(|c| c.generation == generation);
+            if !current || !act.rooms.fetch_pending(&room, fetch) {
+                return;
+            }
+            if act.flushing || act.stalls != stalls {
+                return act.watch_fetch(room, fetch, act.stalls, ctx);
+            }
+            tracing::warn!(parent: &act.span, room, "no answer to the history fetch; delivering what is held");
+            for event in act.rooms.fetch_timed_out(&room, fetch) {
+                act.emit(event, ctx);
+            }
+        });
     }
 
     /// Writes queued frames within the window, when connected.

@@ -34,7 +34,8 @@ pub enum ClientEvent {
     },
     /// A room or direct message, each room message delivered once and in `seq` order.
     Message(Message),
-    /// The server answered a (re)subscription.
+    /// The server answered a (re)subscription. Comes after the messages it replayed; when the
+    /// room's epoch changed, after the messages of the new epoch the client fetched.
     Subscribed {
         /// Room name.
         room: String,
@@ -53,7 +54,9 @@ pub enum ClientEvent {
     },
     /// Messages of a room were missed and cannot be replayed (history too short, or the room's
     /// stream restarted with a new epoch). Never silent: the client always reports this before
-    /// delivering anything after the hole.
+    /// delivering anything after the hole. A new epoch is one gap (the rest of the old epoch),
+    /// then the new epoch's retained messages from seq 1, or, when its history no longer
+    /// starts at 1, a second gap in the new epoch for the seqs it dropped.
     Gap(Gap),
     /// The connection ended (or an attempt to make one failed).
     Disconnected {
@@ -98,13 +101,15 @@ pub struct Gap {
     /// The room's current epoch (differs from `previous_epoch` when its stream restarted).
     pub epoch: String,
     /// The first seq (in `epoch`) that will be delivered after the hole. In the same epoch,
-    /// `last_seen + 1 .. resume_seq` are the missing seqs.
+    /// `last_seen + 1 .. resume_seq` are the missing seqs. With a new epoch it is 1: the client
+    /// fetches what the new epoch holds, and reports a second gap (in the new epoch, from
+    /// `last_seen` 0) if that no longer starts at seq 1.
     pub resume_seq: u64,
 }
 
 impl Gap {
     /// Whether the room's stream restarted (every message after `last_seen` in the old epoch
-    /// and before `resume_seq` in the new one is unknown).
+    /// is lost; the new epoch is delivered from `resume_seq`).
     pub fn epoch_changed(&self) -> bool {
         self.epoch != self.previous_epoch
     }

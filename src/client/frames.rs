@@ -79,6 +79,8 @@ impl PartialEq for Message {
     }
 }
 
+impl Eq for Message {}
+
 impl Message {
     /// Decodes the payload into an application type.
     pub fn data_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {

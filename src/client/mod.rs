@@ -14,7 +14,9 @@
 //!   ([`BackoffConfig`]).
 //! - **Resume.** Every room is resubscribed with `since`/`epoch`; replayed messages are
 //!   delivered once and in order, and a hole that cannot be replayed is reported as
-//!   [`ClientEvent::Gap`], never skipped silently.
+//!   [`ClientEvent::Gap`], never skipped silently. When the room's stream restarted (a new
+//!   epoch, e.g. a restarted server), the client reports the gap and then fetches what the new
+//!   epoch already holds, so nothing the server still has is lost.
 //! - **Nothing lost.** Publishes and sends made while offline wait in a bounded queue (a full
 //!   queue is an error, not a drop); every publish has an id and unacknowledged ones are
 //!   resent, so with the server's dedupe each is delivered exactly once.

@@ -180,6 +180,68 @@ fn connect_prints_messages_publishes_stdin_and_survives_a_server_restart() {
     assert_eq!(m["seq"], 1, "the restarted server numbers from 1");
 }
 
+/// The issue-15 scenario with real processes: alice comes back first from a server restart and
+/// publishes; bob, held off by a gate, comes back later and shows the gap on stderr, then the
+/// message the new server holds on stdout, once, before what is published after.
+#[test]
+fn connect_shows_the_gap_then_what_the_restarted_server_holds() {
+    let (server, addr) = serve("127.0.0.1:0");
+    let gate = crate::client_support::gate::Gate::start(addr.parse().expect("server address"));
+    let fast = ["--backoff-initial", "100ms", "--backoff-cap", "400ms"];
+    let connect = |user: &str, to: &str| -> Vec<String> {
+        let mut args = vec!["connect", to, "--user", user, "--subscribe", "lobby"];
+        args.extend(fast);
+        args.into_iter().map(str::to_owned).collect()
+    };
+    let spawn = |name: &'static str, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::spawn(name, &args)
+    };
+    let mut alice = spawn("alice", connect("alice", &addr));
+    let bob = spawn("bob", connect("bob", &gate.addr().to_string()));
+    alice.stderr_line(|l| l == "subscribed lobby at seq 0");
+    bob.stderr_line(|l| l == "subscribed lobby at seq 0");
+    alice.type_line("before");
+    assert_eq!(message(&bob.stdout_line(|_| true))["data"], "before");
+
+    // Kill the server with bob held off; alice comes back first and publishes.
+    gate.close();
+    drop(server);
+    bob.stderr_line(|l| l.starts_with("disconnected: "));
+    let (_server, again) = serve(&addr);
+    assert_eq!(again, addr);
+    alice.stderr_line(|l| l.starts_with("gap: room lobby restarted"));
+    alice.stderr_line(|l| l.starts_with("subscribed lobby at seq 0"));
+    alice.type_line("while down 1");
+    let m = message(&alice.stdout_line(|l| l.contains("while down 1")));
+    // Seq 1, or 2 when the kill came before alice read the ack of "before": she then resent
+    // it and the new server sequenced it first.
+    let seq = m["seq"].as_u64().expect("a seq");
+    assert!(seq == 1 || seq == 2, "{m}");
+
+    // Bob comes back: the gap, then the new epoch from seq 1, each once, then what follows.
+    gate.open();
+    bob.stderr_line(|l| l.starts_with("gap: room lobby restarted"));
+    let caught_up = format!("subscribed lobby at seq {seq} (not recovered)");
+    bob.stderr_line(|l| l == caught_up);
+    for expected in 1..=seq {
+        let m = message(&bob.stdout_line(|_| true));
+        assert_eq!(m["seq"], expected, "{m}");
+        let data = if expected == seq {
+            "while down 1"
+        } else {
+            "before"
+        };
+        assert_eq!(m["data"], data, "{m}");
+    }
+    alice.type_line("after");
+    let m = message(&bob.stdout_line(|_| true));
+    assert_eq!(
+        (m["seq"].clone(), m["data"].clone()),
+        (json!(seq + 1), json!("after"))
+    );
+}
+
 #[test]
 fn connect_without_user_or_token_is_a_usage_error() {
     let out = Command::new(BIN)

@@ -19,6 +19,8 @@ mod client_heartbeat;
 #[cfg(feature = "client")]
 mod client_reconnect;
 #[cfg(feature = "client")]
+mod client_recover;
+#[cfg(feature = "client")]
 mod client_request;
 #[cfg(feature = "client")]
 mod client_support;

@@ -1,5 +1,8 @@
 //! Helpers for the client tests: a real server on port 0, fast client settings, waiting for
-//! events with a deadline, and a raw protocol peer for checking what the server stored.
+//! events with a deadline, a raw protocol peer for checking what the server stored, and a
+//! [`gate::Gate`] to hold one client away from a restarted server.
+
+pub mod gate;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
