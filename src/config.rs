@@ -48,6 +48,12 @@ pub struct Config {
     /// Interval of the registry sweep that removes dead sessions and empty rooms.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// Registry crashes tolerated within `registry_restart_window`; one more stops the server
+    /// with an error instead of restarting in a loop.
+    pub max_registry_restarts: u32,
+    /// The window of `max_registry_restarts`.
+    #[serde(with = "humantime_serde")]
+    pub registry_restart_window: Duration,
     /// Longest graceful shutdown before the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -123,6 +129,8 @@ impl Default for Config {
             history_size: 1000,
             history_ttl: Duration::from_secs(300),
             sweep_interval: Duration::from_secs(30),
+            max_registry_restarts: 5,
+            registry_restart_window: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             shutdown_reconnect: Duration::from_secs(1),
             backlog: 4096,
@@ -224,6 +232,9 @@ impl Config {
         }
         if self.sweep_interval < ms {
             return Err(invalid("sweep_interval", "must be at least 1ms"));
+        }
+        if self.registry_restart_window < ms {
+            return Err(invalid("registry_restart_window", "must be at least 1ms"));
         }
         if self.backlog == 0 {
             return Err(invalid("backlog", "must be at least 1"));

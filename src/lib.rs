@@ -48,6 +48,7 @@ mod limits;
 mod metrics;
 pub mod names;
 mod outbox;
+mod panics;
 pub mod protocol;
 mod registry;
 mod server;
@@ -66,6 +67,8 @@ pub use names::{FrameId, NameError, RoomName, UserName};
 pub use protocol::{ByeReason, ErrorCode};
 pub use registry::admin::{ConnectionInfo, ConnectionPage, Overview, RoomDetails, RoomPage};
 pub use registry::{Registry, SessionId};
-pub use server::{ConnectionQuery, HandleError, ServerBuilder, ServerHandle, StartError};
+pub use server::{
+    ConnectionQuery, HandleError, ServerBuilder, ServerFailed, ServerHandle, StartError,
+};
 pub use session::{AppFrame, FrameHandler, Session};
 pub use tls::TlsConfig;

@@ -164,7 +164,6 @@ impl ConnectionTracker {
     }
 
     /// Connections open now.
-    #[cfg(test)]
     pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }

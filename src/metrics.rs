@@ -194,6 +194,8 @@ pub struct Metrics {
     misses: Counter,
     sweep_sessions: Counter,
     sweep_rooms: Counter,
+    registry_restarts: Counter,
+    session_panics: Counter,
     limits: Handles,
     connections: Gauge,
     identified: Gauge,
@@ -314,6 +316,16 @@ impl Metrics {
             "sweep_removed_rooms",
             "Empty rooms the registry sweep removed",
         );
+        let registry_restarts = counter(
+            &mut r,
+            "registry_restarts",
+            "Times the registry crashed (a panic in a handler) and a fresh one took over",
+        );
+        let session_panics = counter(
+            &mut r,
+            "session_panics",
+            "Sessions that ended by a panic in one of their handlers",
+        );
         let limits = family(
             &mut r,
             "limit_hits",
@@ -354,6 +366,8 @@ impl Metrics {
             misses,
             sweep_sessions,
             sweep_rooms,
+            registry_restarts,
+            session_panics,
             limits,
             connections,
             identified,
@@ -447,6 +461,16 @@ impl Metrics {
     pub(crate) fn swept(&self, sessions: usize, rooms: usize) {
         self.sweep_sessions.inc_by(sessions as u64);
         self.sweep_rooms.inc_by(rooms as u64);
+    }
+
+    /// The registry crashed and was replaced.
+    pub(crate) fn registry_restarted(&self) {
+        self.registry_restarts.inc();
+    }
+
+    /// A session ended by a panic.
+    pub(crate) fn session_panicked(&self) {
+        self.session_panics.inc();
     }
 
     /// Sets the values read from the registry and the broker at scrape time.

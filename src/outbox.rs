@@ -7,7 +7,13 @@
 //! write. When a push would take the queue past its byte budget the outbox refuses it,
 //! queues `bye{reason:"slow_consumer"}` and starts closing, so a peer that never reads costs
 //! at most its budget. Closing always writes what was queued before the `bye` first, within
-//! `close_timeout`, then shuts the socket down.
+//! `close_timeout` (or an earlier deadline the closer sets: a peer the heartbeat declared dead
+//! is not waited for past its bound), then shuts the socket down.
+//!
+//! Whoever starts a close (the session, or the registry when a push overflows or it kicks or
+//! drains), the owner learns of it at once through the outbox's close callback, so a closing
+//! connection leaves its rooms and the user index at the moment the server decided, not when
+//! its flush ends.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,8 +30,10 @@ use crate::protocol::{ByeReason, Outbound};
 /// Largest single write the writer assembles from queued frames.
 const MAX_BATCH: usize = 64 * 1024;
 
+/// Called once, outside the lock, when the outbox starts closing.
+pub(crate) type OnClose = Box<dyn Fn() + Send + Sync>;
+
 /// A connection's outbound queue; cheap to share (`Arc`) with the registry.
-#[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
     /// Wakes the writer when frames arrive after it found the queue empty.
@@ -35,6 +43,15 @@ pub struct Outbox {
     budget: usize,
     /// Where written frames are counted, if anywhere.
     metrics: Option<Arc<Metrics>>,
+    on_close: Option<OnClose>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +60,8 @@ struct State {
     /// Bytes queued or being written.
     queued: usize,
     closing: Option<ByeReason>,
+    /// The latest instant the closing flush may end, when the closer set one.
+    close_by: Option<Instant>,
 }
 
 /// How the writer task ended.
@@ -65,17 +84,24 @@ impl Outbox {
             closed: Notify::new(),
             budget,
             metrics: None,
+            on_close: None,
         })
     }
 
-    /// Like [`Outbox::new`], counting written frames and bytes into `metrics`.
-    pub fn metered(budget: usize, metrics: Arc<Metrics>) -> Arc<Outbox> {
+    /// A server session's outbox: counts written frames and bytes into `metrics` and calls
+    /// `on_close` when a close starts, whoever starts it.
+    pub(crate) fn for_session(
+        budget: usize,
+        metrics: Arc<Metrics>,
+        on_close: OnClose,
+    ) -> Arc<Outbox> {
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             closed: Notify::new(),
             budget,
             metrics: Some(metrics),
+            on_close: Some(on_close),
         })
     }
 
@@ -119,11 +145,23 @@ impl Outbox {
     /// Queues `bye{reason, reconnect_ms}` after what is already queued and starts closing.
     /// Returns `false` if the outbox was already closing (the first reason wins).
     pub fn close(&self, reason: ByeReason, reconnect_ms: Option<u64>) -> bool {
+        self.close_by(reason, reconnect_ms, None)
+    }
+
+    /// Like [`Outbox::close`], with the flush ending at `deadline` at the latest (or at
+    /// `close_timeout`, whichever comes first).
+    pub(crate) fn close_by(
+        &self,
+        reason: ByeReason,
+        reconnect_ms: Option<u64>,
+        deadline: Option<std::time::Instant>,
+    ) -> bool {
         let mut state = self.lock();
         if state.closing.is_some() {
             return false;
         }
         Self::begin_close(&mut state, reason, reconnect_ms);
+        state.close_by = deadline.map(Instant::from_std);
         drop(state);
         self.wake_for_close();
         true
@@ -142,6 +180,19 @@ impl Outbox {
     fn wake_for_close(&self) {
         self.wake.notify_one();
         self.closed.notify_one();
+        if let Some(on_close) = &self.on_close {
+            on_close();
+        }
+    }
+
+    /// When the closing flush must end: `close_timeout` from now, or the closer's deadline if
+    /// that is earlier.
+    fn flush_deadline(&self, close_timeout: Duration) -> Instant {
+        let by_timeout = Instant::now() + close_timeout;
+        match self.lock().close_by {
+            Some(at) => at.min(by_timeout),
+            None => by_timeout,
+        }
     }
 
     fn begin_close(state: &mut State, reason: ByeReason, reconnect_ms: Option<u64>) {
@@ -176,7 +227,7 @@ impl Outbox {
         loop {
             let (batch, closing) = self.take_batch();
             if closing.is_some() && deadline.is_none() {
-                deadline = Some(Instant::now() + close_timeout);
+                deadline = Some(self.flush_deadline(close_timeout));
             }
             if batch.is_empty() {
                 if let Some(reason) = closing {
@@ -253,7 +304,7 @@ impl Outbox {
                 None => tokio::select! {
                     result = &mut write => return result.map(|()| true),
                     () = self.closed.notified() => {
-                        *deadline = Some(Instant::now() + close_timeout);
+                        *deadline = Some(self.flush_deadline(close_timeout));
                     }
                 },
             }

@@ -370,10 +370,14 @@ pub(crate) enum Outbound<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
     },
-    /// Answer to `unsubscribe`.
+    /// Answer to `unsubscribe`, or the server dropping a subscription.
     Unsubscribed {
         /// Room name.
         room: &'a str,
+        /// Why the server dropped it (`resync`: it could not deliver the room's stream without
+        /// a hole; subscribe again with `since`/`epoch`). Absent for an answer to `unsubscribe`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
     },
     /// A room message or a direct message.
     Message {

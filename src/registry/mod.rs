@@ -8,14 +8,19 @@
 //! into one queue in the order the registry produced them, which is what makes a room's
 //! `seq` gapless on every subscriber.
 //!
-//! The registry runs under [`actix::Supervisor`]. It does not rely on sessions to
-//! unregister: a session whose actor is gone without a `Disconnect` (a panic in a handler
-//! may skip its hooks, depending on how the actor is torn down) leaves a closed mailbox, which
-//! a periodic sweep finds with `Addr::connected` and removes with its room memberships.
+//! The registry runs under [`actix::Supervisor`] and a keeper ([`keeper`]) that replaces it
+//! after a panic; the state that must survive it (room streams) lives in the broker, and each
+//! session re-registers with what it owns. Membership of a room carries a [`RoomCursor`]
+//! shared with the session: the last `seq` queued for it, which is where a re-registering
+//! session resumes. The registry does not rely on sessions to unregister either: a session
+//! whose actor is gone without a `Disconnect` (a panic in a handler may skip its hooks,
+//! depending on how the actor is torn down) leaves a closed mailbox, which a periodic sweep
+//! finds with `Addr::connected` and removes with its room memberships.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,7 +37,10 @@ use crate::protocol::{ByeReason, ErrorCode, Outbound};
 use crate::session::{Session, SessionGauge};
 
 pub(crate) mod admin;
+pub(crate) mod keeper;
 pub(crate) mod presence;
+
+use self::keeper::Orphans;
 
 /// Identifies a session within one server process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,6 +50,40 @@ impl std::fmt::Display for SessionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0)
     }
+}
+
+/// A session's position in one room: the epoch it subscribed in and the last `seq` queued
+/// for it. Shared by the registry (which advances it with every message it queues) and the
+/// session (which owns it across registry restarts).
+#[derive(Debug)]
+pub(crate) struct RoomCursor {
+    epoch: Arc<str>,
+    seq: AtomicU64,
+}
+
+impl RoomCursor {
+    fn new(epoch: Arc<str>, seq: u64) -> Arc<Self> {
+        Arc::new(RoomCursor {
+            epoch,
+            seq: AtomicU64::new(seq),
+        })
+    }
+
+    /// The last seq queued for the session.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed)
+    }
+
+    fn advance(&self, seq: u64) {
+        self.seq.fetch_max(seq, Ordering::Relaxed);
+    }
+}
+
+/// A session in a room: where to queue, and how far it got.
+#[derive(Debug)]
+struct Member {
+    outbox: Arc<Outbox>,
+    cursor: Arc<RoomCursor>,
 }
 
 /// What the registry keeps per connection.
@@ -82,16 +124,23 @@ pub struct Registry {
     sweep_interval: std::time::Duration,
     sessions: HashMap<SessionId, Entry>,
     users: HashMap<UserName, HashSet<SessionId>>,
-    rooms: HashMap<RoomName, HashSet<SessionId>>,
+    rooms: HashMap<RoomName, HashMap<SessionId, Member>>,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
     metrics: Arc<Metrics>,
     presence_events: Vec<String>,
+    /// Hands the sessions over to the keeper when this registry is dropped (by a panic).
+    death: Option<oneshot::Sender<Orphans>>,
 }
 
 impl Registry {
-    /// A registry over `broker`, sweeping every `sweep_interval`.
-    pub(crate) fn new(broker: Rc<dyn Broker>, sweep_interval: std::time::Duration) -> Self {
+    /// A registry over `broker`, sweeping every `sweep_interval`; when it is dropped, the
+    /// sessions it knew go to `death`.
+    pub(crate) fn new(
+        broker: Rc<dyn Broker>,
+        sweep_interval: std::time::Duration,
+        death: oneshot::Sender<Orphans>,
+    ) -> Self {
         Registry {
             broker,
             limits: RegistryLimits::default(),
@@ -103,6 +152,7 @@ impl Registry {
             drained: Vec::new(),
             metrics: Arc::new(Metrics::new()),
             presence_events: Vec::new(),
+            death: Some(death),
         }
     }
 
@@ -125,15 +175,6 @@ impl Registry {
         self
     }
 
-    /// Starts a registry under a [`Supervisor`] on `arbiter`; `make` builds it there (the broker
-    /// need not be `Send`).
-    pub(crate) fn start_supervised<F>(arbiter: &actix_rt::ArbiterHandle, make: F) -> Addr<Registry>
-    where
-        F: FnOnce() -> Registry + Send + 'static,
-    {
-        Supervisor::start_in_arbiter(arbiter, move |_| make())
-    }
-
     /// Number of live sessions, with or without a completed handshake.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
@@ -146,7 +187,11 @@ impl Registry {
 
     /// The sessions subscribed to `room`.
     pub fn members_of(&self, room: &str) -> impl Iterator<Item = SessionId> + '_ {
-        self.rooms.get(room).into_iter().flatten().copied()
+        self.rooms
+            .get(room)
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .copied()
     }
 
     /// The user of a session, once its handshake is done.
@@ -158,9 +203,13 @@ impl Registry {
     /// how many took it. The frame is not sequenced or kept in history: for events such as
     /// "typing" or presence, not for messages a client must not miss.
     pub fn push_to_room(&self, room: &str, frame: &Bytes, except: Option<SessionId>) -> usize {
-        self.members_of(room)
-            .filter(|id| Some(*id) != except)
-            .filter(|id| self.push_to(*id, frame.clone()))
+        let Some(members) = self.rooms.get(room) else {
+            return 0;
+        };
+        members
+            .iter()
+            .filter(|(id, _)| Some(**id) != except)
+            .filter(|(_, m)| m.outbox.push(frame.clone()))
             .count()
     }
 
@@ -219,10 +268,26 @@ impl Registry {
             if members.is_empty() {
                 self.rooms.remove(room);
                 self.broker.release(room);
-            } else if let Some(user) = user {
+            } else if let (Some(user), false) = (user, self.draining) {
                 self.announce_leave(room, user);
             }
         }
+    }
+
+    /// Adds a session to a room's members with its cursor.
+    fn join_room(&mut self, room: &RoomName, id: SessionId, cursor: Arc<RoomCursor>) {
+        let Some(entry) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        entry.rooms.insert(room.clone());
+        let member = Member {
+            outbox: entry.outbox.clone(),
+            cursor,
+        };
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .insert(id, member);
     }
 
     fn sweep(&mut self) {
@@ -289,6 +354,16 @@ impl Supervised for Registry {
     }
 }
 
+impl Drop for Registry {
+    /// The keeper learns that this registry is gone (after a panic, its actor is dropped
+    /// without any other notice) and which sessions must re-register.
+    fn drop(&mut self) {
+        if let Some(death) = self.death.take() {
+            let _ = death.send(self.sessions.values().map(|e| e.addr.clone()).collect());
+        }
+    }
+}
+
 /// A registry refusal.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum RegistryError {
@@ -325,6 +400,10 @@ impl Handler<Connect> for Registry {
     fn handle(&mut self, msg: Connect, _: &mut Self::Context) -> Self::Result {
         if self.draining {
             return Err(RegistryError::Draining);
+        }
+        if msg.outbox.closing().is_some() {
+            // It closed before it got here: nothing to register.
+            return Ok(());
         }
         self.sessions.insert(
             msg.id,
@@ -390,10 +469,93 @@ impl Handler<Disconnect> for Registry {
     }
 }
 
-/// `subscribe` from a session. The registry queues the replay and `subscribed` on the
-/// session's outbox, and answers whether the session is now in the room.
+/// A session registering again with a fresh registry after the one it knew crashed: what it
+/// owns travels with it. The registry replays what each room's stream holds after the
+/// session's cursor, or sends `unsubscribed{room, reason:"resync"}` where it cannot, and
+/// answers with the rooms it dropped.
 #[derive(Message)]
-#[rtype(result = "bool")]
+#[rtype(result = "Result<Vec<RoomName>, RegistryError>")]
+pub(crate) struct Rejoin {
+    /// What a new connection registers with.
+    pub(crate) connect: Connect,
+    /// The user, when the handshake was done.
+    pub(crate) user: Option<UserName>,
+    /// The rooms it is in and how far it got in each.
+    pub(crate) rooms: Vec<(RoomName, Arc<RoomCursor>)>,
+}
+
+impl Handler<Rejoin> for Registry {
+    type Result = ResponseFuture<Result<Vec<RoomName>, RegistryError>>;
+
+    fn handle(&mut self, msg: Rejoin, ctx: &mut Self::Context) -> Self::Result {
+        let Rejoin {
+            connect,
+            user,
+            rooms,
+        } = msg;
+        let id = connect.id;
+        if let Err(e) = self.handle(connect, ctx) {
+            return Box::pin(async move { Err(e) });
+        }
+        if let Some(user) = user {
+            if let Some(entry) = self.sessions.get_mut(&id) {
+                entry.user = Some(user.clone());
+                // Not counted against max_sessions_per_user: the session was already admitted.
+                self.users.entry(user).or_default().insert(id);
+            }
+        }
+        let replays: Vec<_> = rooms
+            .into_iter()
+            .map(|(room, cursor)| {
+                let replay = self
+                    .broker
+                    .replay(&room, Some(cursor.seq()), Some(&cursor.epoch));
+                async move { (room, cursor, replay.await) }
+            })
+            .collect();
+        // As for a subscribe: nothing reaches these rooms until the session is back in them.
+        let done = self.exclusively(
+            ctx,
+            futures_util::future::join_all(replays)
+                .into_actor(self)
+                .map(move |replays, act, _| {
+                    let mut dropped = Vec::new();
+                    for (room, cursor, replay) in replays {
+                        let Some(entry) = act.sessions.get(&id) else {
+                            break;
+                        };
+                        match replay {
+                            Ok(replay) if replay.recovered == Some(true) => {
+                                for frame in replay.frames {
+                                    entry.outbox.push(frame);
+                                }
+                                cursor.advance(replay.seq);
+                                act.join_room(&room, id, cursor);
+                            }
+                            outcome => {
+                                if let Err(error) = outcome {
+                                    tracing::warn!(session = %id, %room, %error, "replay failed on re-registration");
+                                }
+                                let resync = Outbound::Unsubscribed {
+                                    room: &room,
+                                    reason: Some("resync"),
+                                };
+                                entry.outbox.push(resync.encode());
+                                dropped.push(room);
+                            }
+                        }
+                    }
+                    dropped
+                }),
+        );
+        Box::pin(async move { done.await.ok_or(RegistryError::UnknownSession) })
+    }
+}
+
+/// `subscribe` from a session. The registry queues the replay and `subscribed` on the
+/// session's outbox, and answers with the session's cursor in the room when it is now in it.
+#[derive(Message)]
+#[rtype(result = "Option<Arc<RoomCursor>>")]
 pub(crate) struct Subscribe {
     /// Session id.
     pub(crate) id: SessionId,
@@ -406,11 +568,11 @@ pub(crate) struct Subscribe {
 }
 
 impl Handler<Subscribe> for Registry {
-    type Result = ResponseFuture<bool>;
+    type Result = ResponseFuture<Option<Arc<RoomCursor>>>;
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
         let Some(entry) = self.sessions.get(&msg.id) else {
-            return Box::pin(async { false });
+            return Box::pin(async { None });
         };
         let max = self.limits.max_rooms_per_session;
         if entry.rooms.len() >= max && !entry.rooms.contains(&msg.room) {
@@ -418,7 +580,7 @@ impl Handler<Subscribe> for Registry {
             self.metrics.limit_hit(Limit::MaxRoomsPerSession);
             let message = format!("at most {max} rooms per session");
             self.push_error(msg.id, ErrorCode::Forbidden, &message, None);
-            return Box::pin(async { false });
+            return Box::pin(async { None });
         }
         let replay = self
             .broker
@@ -432,11 +594,11 @@ impl Handler<Subscribe> for Registry {
                     Ok(replay) => replay,
                     Err(e) => {
                         act.broker_failed(msg.id, &e, None);
-                        return false;
+                        return None;
                     }
                 };
                 let Some(entry) = act.sessions.get_mut(&msg.id) else {
-                    return false;
+                    return None;
                 };
                 for frame in replay.frames {
                     entry.outbox.push(frame);
@@ -454,15 +616,15 @@ impl Handler<Subscribe> for Registry {
                     }
                     .encode(),
                 );
-                entry.rooms.insert(msg.room.clone());
                 if let Some(user) = joined {
                     act.announce_join(&msg.room, &user);
                 }
-                act.rooms.entry(msg.room).or_default().insert(msg.id);
-                true
+                let cursor = RoomCursor::new(replay.epoch, replay.seq);
+                act.join_room(&msg.room, msg.id, cursor.clone());
+                Some(cursor)
             }),
         );
-        Box::pin(async move { done.await.unwrap_or(false) })
+        Box::pin(async move { done.await.flatten() })
     }
 }
 
@@ -484,9 +646,13 @@ impl Handler<Unsubscribe> for Registry {
             return;
         };
         let was_member = entry.rooms.remove(&msg.room);
-        entry
-            .outbox
-            .push(Outbound::Unsubscribed { room: &msg.room }.encode());
+        entry.outbox.push(
+            Outbound::Unsubscribed {
+                room: &msg.room,
+                reason: None,
+            }
+            .encode(),
+        );
         let user = entry.user.clone();
         if was_member {
             self.leave_room(&msg.room, msg.id, user.as_ref());
@@ -531,7 +697,7 @@ impl Handler<Publish> for Registry {
                 .map(move |result, act, _| match result {
                     Ok(published) => {
                         if !published.duplicate {
-                            act.fan_out(&room, &published.frame);
+                            act.fan_out(&room, &published.frame, published.seq);
                         }
                         if let (Some(session), Some(id)) = (msg.session, ack_id.as_deref()) {
                             let ack = Outbound::Ack {
@@ -578,10 +744,15 @@ impl Registry {
         async move { rx.await.ok() }
     }
 
-    fn fan_out(&self, room: &str, frame: &Bytes) {
-        for id in self.members_of(room) {
-            if let Some(entry) = self.sessions.get(&id) {
-                entry.outbox.push(frame.clone());
+    /// Queues a room message on every member and advances their cursors. A member whose
+    /// outbox overflows starts closing, and its session unregisters itself at once.
+    fn fan_out(&self, room: &str, frame: &Bytes, seq: u64) {
+        let Some(members) = self.rooms.get(room) else {
+            return;
+        };
+        for member in members.values() {
+            if member.outbox.push(frame.clone()) {
+                member.cursor.advance(seq);
             }
         }
     }

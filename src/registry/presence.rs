@@ -114,7 +114,7 @@ impl Registry {
     /// Whether some session of `user` is subscribed to `room`.
     fn user_present(&self, room: &str, user: &str) -> bool {
         match self.rooms.get(room) {
-            Some(members) => self.sessions_of(user).any(|id| members.contains(&id)),
+            Some(members) => self.sessions_of(user).any(|id| members.contains_key(&id)),
             None => false,
         }
     }
@@ -128,14 +128,22 @@ impl Registry {
     /// Called before a session of `user` becomes a member of `room`.
     pub(super) fn announce_join(&self, room: &str, user: &str) {
         if self.presence_events_in(room) && !self.user_present(room, user) {
-            self.fan_out(room, &encode_line(&PresenceFrame::Join { room, user }));
+            self.push_to_room(
+                room,
+                &encode_line(&PresenceFrame::Join { room, user }),
+                None,
+            );
         }
     }
 
     /// Called after a session of `user` stopped being a member of `room`.
     pub(super) fn announce_leave(&self, room: &str, user: &str) {
         if self.presence_events_in(room) && !self.user_present(room, user) {
-            self.fan_out(room, &encode_line(&PresenceFrame::Leave { room, user }));
+            self.push_to_room(
+                room,
+                &encode_line(&PresenceFrame::Leave { room, user }),
+                None,
+            );
         }
     }
 }

@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{BrokerError, HistoryTotals};
+use crate::limits::ConnectionTracker;
 use crate::metrics::{Levels, Metrics};
 use crate::names::{NameError, NameLimits, UserName, MAX_ID_LEN};
 use crate::protocol::ByeReason;
@@ -217,34 +218,42 @@ impl ServerHandle {
 #[derive(Clone)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
-    registry: Addr<Registry>,
     stop_accepting: CancellationToken,
     drain_timeout: Duration,
     shutdown_reconnect: Duration,
     names: NameLimits,
     shared: Arc<SessionShared>,
+    tracker: Arc<ConnectionTracker>,
     arbiters: Arc<Mutex<Vec<Arbiter>>>,
     metrics: Arc<Metrics>,
 }
 
+/// The server gave up: its registry crashed more often than `max_registry_restarts` allows.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("server failed: {0}")]
+pub struct ServerFailed(pub Arc<str>);
+
+/// How often a shutdown checks whether the last connection has closed.
+const CLOSED_POLL: Duration = Duration::from_millis(10);
+
 impl ServerHandle {
     pub(super) fn new(
         local_addr: SocketAddr,
-        registry: Addr<Registry>,
         stop_accepting: CancellationToken,
         shared: Arc<SessionShared>,
+        tracker: Arc<ConnectionTracker>,
         arbiters: Vec<Arbiter>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let config = &shared.config;
         ServerHandle {
             local_addr,
-            registry,
             stop_accepting,
             drain_timeout: config.drain_timeout,
             shutdown_reconnect: config.shutdown_reconnect,
             names: config.limits.names(),
             shared,
+            tracker,
             arbiters: Arc::new(Mutex::new(arbiters)),
             metrics,
         }
@@ -255,10 +264,11 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// The registry, to send it the application's own messages (`impl Handler<M> for
-    /// Registry`); for publishing, sending, kicking and queries use the methods below.
-    pub fn registry(&self) -> &Addr<Registry> {
-        &self.registry
+    /// The registry running now, to send it the application's own messages (`impl
+    /// Handler<M> for Registry`); for publishing, sending, kicking and queries use the methods
+    /// above. After a registry crash this is the fresh one.
+    pub fn registry(&self) -> Addr<Registry> {
+        self.shared.slot.current()
     }
 
     /// What the server's sessions share, to start more of them (other transports, tests).
@@ -271,26 +281,113 @@ impl ServerHandle {
         &self.names
     }
 
-    /// Graceful shutdown: stops accepting, sends every session `bye{reason:"shutdown"}` and
-    /// waits until all are closed or `drain_timeout` passes. Returns `true` when every session
-    /// closed in time. The worker arbiters are stopped afterwards.
+    /// Connections open now (sessions, including those flushing their last frames).
+    pub fn open_connections(&self) -> usize {
+        self.tracker.open()
+    }
+
+    /// Resolves when the server has given up (its registry crashed more often than
+    /// `max_registry_restarts` within `registry_restart_window`). The process should then
+    /// exit with an error; sessions were already told `bye{reason:"shutdown"}`.
+    pub async fn failed(&self) -> ServerFailed {
+        ServerFailed(self.shared.slot.failed().await)
+    }
+
+    /// Waits for SIGINT or SIGTERM, then shuts down gracefully ([`shutdown`](Self::shutdown));
+    /// a second signal during the drain stops waiting for it. Returns whether every client
+    /// was drained in time, or the failure when the server gave up first. This is the whole
+    /// life of a server embedded in an application that owns no signals of its own (an
+    /// actix-web app built with `.disable_signals()`): run it, then stop the app.
+    pub async fn run_until_signal(&self) -> Result<bool, ServerFailed> {
+        let mut signals = Signals::new()
+            .map_err(|e| ServerFailed(format!("cannot install signal handlers: {e}").into()))?;
+        tokio::select! {
+            () = signals.next() => {}
+            failed = self.failed() => {
+                self.stop_arbiters_after_flush().await;
+                return Err(failed);
+            }
+        }
+        tracing::info!("shutting down; a second signal stops waiting for the drain");
+        tokio::select! {
+            drained = self.shutdown() => Ok(drained),
+            () = signals.next() => {
+                tracing::warn!("second signal: not waiting for the drain");
+                self.stop_arbiters();
+                Ok(false)
+            }
+        }
+    }
+
+    /// Graceful shutdown: stops accepting, sends every session `bye{reason:"shutdown"}` (with
+    /// a jittered `reconnect_ms`) after what was queued for it, and waits until every
+    /// connection has closed or `drain_timeout` passes. Returns `true` when every connection
+    /// closed in time. The worker and registry arbiters are stopped afterwards.
     pub async fn shutdown(&self) -> bool {
         self.stop_accepting.cancel();
-        let drain = self.registry.send(Drain {
-            reconnect_ms: self.shutdown_reconnect.as_millis() as u64,
-        });
-        let drained = matches!(
-            tokio::time::timeout(self.drain_timeout, drain).await,
-            Ok(Ok(()))
-        );
+        let drain = async {
+            let drain = self.registry().send(Drain {
+                reconnect_ms: self.shutdown_reconnect.as_millis() as u64,
+            });
+            // Sessions leave the registry as soon as their close begins; the flush of their
+            // queued frames and `bye` is over when their connection is.
+            if drain.await.is_ok() {
+                self.connections_closed().await;
+            }
+        };
+        let drained = tokio::time::timeout(self.drain_timeout, drain)
+            .await
+            .is_ok();
         if !drained {
-            tracing::warn!(timeout = ?self.drain_timeout, "drain timed out; closing the rest");
+            tracing::warn!(timeout = ?self.drain_timeout, open = self.tracker.open(),
+                "drain timed out; closing the rest");
         }
+        self.stop_arbiters();
+        drained
+    }
+
+    async fn connections_closed(&self) {
+        while self.tracker.open() > 0 {
+            tokio::time::sleep(CLOSED_POLL).await;
+        }
+    }
+
+    /// After a failure: lets the sessions' `bye` go out (within `drain_timeout`), then stops.
+    async fn stop_arbiters_after_flush(&self) {
+        self.stop_accepting.cancel();
+        let _ = tokio::time::timeout(self.drain_timeout, self.connections_closed()).await;
+        self.stop_arbiters();
+    }
+
+    fn stop_arbiters(&self) {
+        self.shared.slot.stop();
         let arbiters =
             std::mem::take(&mut *self.arbiters.lock().unwrap_or_else(|p| p.into_inner()));
         for arbiter in arbiters {
             arbiter.stop();
         }
-        drained
+    }
+}
+
+/// SIGINT and SIGTERM as one stream of "please stop".
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }

@@ -6,7 +6,7 @@
 mod accept;
 mod handle;
 
-pub use handle::{ConnectionQuery, HandleError, ServerHandle};
+pub use handle::{ConnectionQuery, HandleError, ServerFailed, ServerHandle};
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,6 +22,7 @@ use crate::broker::{Broker, HistoryLimits, MemoryBroker};
 use crate::config::{Config, ConfigError};
 use crate::limits::ConnectionTracker;
 use crate::metrics::Metrics;
+use crate::registry::keeper::{self, BuildRegistry, Intensity};
 use crate::registry::{Registry, RegistryLimits};
 use crate::session::{FrameHandler, Handlers, SessionShared};
 
@@ -50,6 +51,9 @@ pub enum StartError {
         /// The socket error.
         source: io::Error,
     },
+    /// The registry did not start.
+    #[error("the registry did not start")]
+    Registry,
     /// The HTTP API could not be set up.
     #[cfg(feature = "http")]
     #[error("cannot serve HTTP on {addr}: {source}")]
@@ -123,33 +127,48 @@ impl ServerBuilder {
                 })) as Rc<dyn Broker>
             })
         });
+        let broker_config = config.clone();
         let registry_config = config.clone();
         let registry_metrics = metrics.clone();
-        let registry = Registry::start_supervised(&registry_arbiter.handle(), move || {
-            let broker = make_broker(&registry_config);
-            Registry::new(broker, registry_config.sweep_interval)
-                .with_limits(RegistryLimits {
-                    max_sessions_per_user: registry_config.limits.max_sessions_per_user,
-                    max_rooms_per_session: registry_config.limits.max_rooms_per_session,
-                })
-                .with_metrics(registry_metrics)
-                .with_presence_events(registry_config.presence_events.clone())
+        let build: Box<dyn FnOnce() -> BuildRegistry + Send> = Box::new(move || {
+            Box::new(move |broker, death| {
+                Registry::new(broker, registry_config.sweep_interval, death)
+                    .with_limits(RegistryLimits {
+                        max_sessions_per_user: registry_config.limits.max_sessions_per_user,
+                        max_rooms_per_session: registry_config.limits.max_rooms_per_session,
+                    })
+                    .with_metrics(registry_metrics.clone())
+                    .with_presence_events(registry_config.presence_events.clone())
+            })
         });
+        let intensity = Intensity {
+            max_restarts: config.max_registry_restarts,
+            window: config.registry_restart_window,
+        };
+        let slot = keeper::start(
+            &registry_arbiter.handle(),
+            Box::new(move || make_broker(&broker_config)),
+            build,
+            intensity,
+            metrics.clone(),
+        )
+        .ok_or(StartError::Registry)?;
 
         let workers: Vec<Arbiter> = (0..config.worker_count()).map(|_| Arbiter::new()).collect();
         let shared = SessionShared::new(
             config.clone(),
-            registry.clone(),
+            slot.clone(),
             self.handlers,
             authenticator,
             metrics.clone(),
         );
         let stop_accepting = CancellationToken::new();
+        let tracker = ConnectionTracker::new(&config.limits);
         let accept = AcceptLoop {
             listener,
             shared: shared.clone(),
             tls,
-            tracker: ConnectionTracker::new(&config.limits),
+            tracker: tracker.clone(),
             accept_rate: config.limits.accept_rate_limiter(),
             workers: workers.iter().map(Arbiter::handle).collect(),
             keepalive: config.keepalive(),
@@ -160,9 +179,9 @@ impl ServerBuilder {
 
         Ok(ServerHandle::new(
             local_addr,
-            registry,
             stop_accepting,
             shared,
+            tracker,
             workers.into_iter().chain([registry_arbiter]).collect(),
             metrics,
         ))

@@ -8,8 +8,16 @@
 //! keeps a flooding client from growing anyone's mailbox.
 //!
 //! Every server-initiated close goes through [`Outbox::close`]: `bye{reason}` is queued behind
-//! whatever was already queued, the writer flushes it all (bounded by `close_timeout`), shuts
-//! the socket down and tells the session, which then stops and unregisters.
+//! whatever was already queued, the writer flushes it all (bounded by `close_timeout`, and for
+//! a peer the heartbeat gave up on by its dead-peer bound), shuts the socket down and tells the
+//! session, which then stops. Whoever starts the close, the outbox tells the session at once
+//! and the session leaves the registry (rooms, presence, user index) right then: a connection
+//! that is finished is gone, only its flush goes on.
+//!
+//! The session owns what must survive a registry crash: its user, its rooms and its
+//! [`RoomCursor`] in each. When the registry it knew is replaced (the slot's generation
+//! changed), it registers again with all of it ([`Rejoin`](registry::Rejoin)), and it closes
+//! itself if no registry can be reached: never a zombie that is pinged but receives nothing.
 
 mod gauge;
 mod handler;
@@ -19,7 +27,7 @@ pub(crate) use gauge::SessionGauge;
 pub(crate) use handler::Handlers;
 pub use handler::{AppFrame, FrameHandler};
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,11 +48,13 @@ use crate::limits::ConnectionPermit;
 use crate::metrics::{Limit, Metrics};
 use crate::names::{FrameId, NameLimits, RoomName, UserName};
 use crate::outbox::{Outbox, WriterExit};
+use crate::panics;
 use crate::protocol::codec::{CodecError, LineCodec};
 use crate::protocol::{
     encode_line, ByeReason, ErrorCode, HeartbeatInfo, Inbound, Outbound, ParseError,
 };
-use crate::registry::{self, Registry, RegistryError, SessionId};
+use crate::registry::keeper::{RegistryGone, RegistryRestarted, RegistrySlot};
+use crate::registry::{self, Registry, RegistryError, RoomCursor, SessionId};
 
 /// Initial size of a connection's read buffer; it grows as a frame needs it, up to
 /// `max_frame`.
@@ -55,8 +65,8 @@ const READ_BUFFER: usize = 128;
 pub(crate) struct SessionShared {
     /// The server's configuration.
     pub(crate) config: Config,
-    /// The registry all sessions report to.
-    pub(crate) registry: Addr<Registry>,
+    /// Where the registry running now is found.
+    pub(crate) slot: Arc<RegistrySlot>,
     /// Application frame handlers.
     pub(crate) handlers: Handlers,
     /// Token verification, when authentication is configured.
@@ -73,7 +83,7 @@ impl SessionShared {
     /// Shared state for sessions of one server.
     pub(crate) fn new(
         config: Config,
-        registry: Addr<Registry>,
+        slot: Arc<RegistrySlot>,
         handlers: Handlers,
         authenticator: Option<Authenticator>,
         metrics: Arc<Metrics>,
@@ -81,7 +91,7 @@ impl SessionShared {
         Arc::new(SessionShared {
             names: config.limits.names(),
             config,
-            registry,
+            slot,
             handlers,
             authenticator,
             metrics,
@@ -98,9 +108,17 @@ pub struct Session {
     wire_id: Arc<str>,
     peer: SocketAddr,
     user: Option<UserName>,
-    /// Rooms the registry confirmed with `subscribed`, until `unsubscribed`.
-    rooms: HashSet<RoomName>,
+    /// Rooms the registry confirmed with `subscribed`, until `unsubscribed`, with how far this
+    /// session got in each.
+    rooms: HashMap<RoomName, Arc<RoomCursor>>,
     shared: Arc<SessionShared>,
+    /// The registry this session is registered with, and its generation in the slot.
+    registry: Addr<Registry>,
+    registry_generation: u64,
+    /// Since when no registry could be reached, while that lasts.
+    registry_lost: Option<Instant>,
+    /// This session has told the registry it is gone.
+    unregistered: bool,
     outbox: Arc<Outbox>,
     gauge: Arc<SessionGauge>,
     heartbeat: Option<Heartbeat>,
@@ -135,7 +153,18 @@ impl Session {
             let wire_id: Arc<str> = format!("{}-{n}", shared.node).into();
             let span =
                 tracing::debug_span!("session", id = %wire_id, %peer, user = tracing::field::Empty);
-            let outbox = Outbox::metered(shared.config.outbound_budget, shared.metrics.clone());
+            let me = ctx.address().downgrade();
+            let on_close = Box::new(move || {
+                if let Some(me) = me.upgrade() {
+                    // One per session: an outbox starts closing once.
+                    me.do_send(CloseBegan);
+                }
+            });
+            let outbox = Outbox::for_session(
+                shared.config.outbound_budget,
+                shared.metrics.clone(),
+                on_close,
+            );
             let gauge = SessionGauge::new(wire_id.clone());
             let addr = ctx.address();
             let writer = outbox
@@ -153,7 +182,11 @@ impl Session {
                 wire_id,
                 peer,
                 user: None,
-                rooms: HashSet::new(),
+                rooms: HashMap::new(),
+                registry: shared.slot.current(),
+                registry_generation: shared.slot.generation(),
+                registry_lost: None,
+                unregistered: false,
                 shared,
                 outbox,
                 gauge,
@@ -188,12 +221,12 @@ impl Session {
 
     /// The rooms this session is subscribed to.
     pub fn rooms(&self) -> impl Iterator<Item = &RoomName> + '_ {
-        self.rooms.iter()
+        self.rooms.keys()
     }
 
     /// Whether this session is subscribed to `room`.
     pub fn in_room(&self, room: &str) -> bool {
-        self.rooms.contains(room)
+        self.rooms.contains_key(room)
     }
 
     /// The server's name rules, to validate names in application frames.
@@ -235,7 +268,7 @@ impl Session {
 
     /// The registry this session reports to.
     pub fn registry(&self) -> &Addr<Registry> {
-        &self.shared.registry
+        &self.registry
     }
 
     /// The tracing span of this session (at `debug` level, so that it costs nothing per
@@ -259,11 +292,21 @@ impl Session {
 
     /// Closes the connection with `bye{reason}`, after what is already queued.
     pub fn close(&mut self, reason: ByeReason, reconnect_ms: Option<u64>) {
+        self.close_by(reason, reconnect_ms, None);
+    }
+
+    /// Closes the connection, with the flush ending at `deadline` at the latest.
+    fn close_by(
+        &mut self,
+        reason: ByeReason,
+        reconnect_ms: Option<u64>,
+        deadline: Option<Instant>,
+    ) {
         if self.closing {
             return;
         }
         self.closing = true;
-        if self.outbox.close(reason, reconnect_ms) {
+        if self.outbox.close_by(reason, reconnect_ms, deadline) {
             match reason {
                 ByeReason::Normal | ByeReason::Shutdown | ByeReason::Kicked => {
                     tracing::debug!(parent: &self.span, %reason, "closing")
@@ -285,18 +328,88 @@ impl Session {
         Registry: Handler<M>,
         F: FnOnce(&mut Self, &mut Context<Self>, M::Result) + 'static,
     {
-        let request = self.shared.registry.send(msg);
+        self.sync_registry(ctx);
+        let request = self.registry.send(msg);
         ctx.wait(
             request
                 .into_actor(self)
                 .map(move |answer, act, ctx| match answer {
                     Ok(result) => then(act, ctx, result),
                     Err(e) => {
-                        tracing::error!(parent: &act.span, session = %act.wire_id, error = %e, "registry unreachable");
+                        tracing::warn!(parent: &act.span, session = %act.wire_id, error = %e, "registry unreachable");
+                        act.registry_lost.get_or_insert_with(Instant::now);
                         act.send_error(ErrorCode::Internal, "registry unavailable", None);
                     }
                 }),
         );
+    }
+
+    /// Follows the slot to the registry running now, registering again with it when it is not
+    /// the one this session knew (or the last request could not reach it).
+    fn sync_registry(&mut self, ctx: &mut Context<Self>) {
+        if self.shared.slot.failure().is_some() {
+            return self.registry_gone();
+        }
+        let generation = self.shared.slot.generation();
+        if generation == self.registry_generation && self.registry_lost.is_none() {
+            return;
+        }
+        self.registry = self.shared.slot.current();
+        self.registry_generation = generation;
+        if self.unregistered {
+            return;
+        }
+        let rejoin = registry::Rejoin {
+            connect: self.connect_message(ctx),
+            user: self.user.clone(),
+            rooms: self
+                .rooms
+                .iter()
+                .map(|(room, cursor)| (room.clone(), cursor.clone()))
+                .collect(),
+        };
+        let request = self.registry.send(rejoin);
+        ctx.wait(request.into_actor(self).map(|answer, act, _| match answer {
+            Ok(Ok(dropped)) => {
+                act.registry_lost = None;
+                tracing::info!(parent: &act.span, session = %act.wire_id, resync = dropped.len(), "registered with a fresh registry");
+                for room in dropped {
+                    act.rooms.remove(&room);
+                }
+            }
+            Ok(Err(RegistryError::Draining)) => {
+                let reconnect_ms = act.shared.config.shutdown_reconnect.as_millis() as u64;
+                act.close(ByeReason::Shutdown, Some(reconnect_ms));
+            }
+            Ok(Err(_)) | Err(_) => {
+                act.registry_lost.get_or_insert_with(Instant::now);
+            }
+        }));
+    }
+
+    /// No registry will serve this session again: it closes rather than linger unserved.
+    fn registry_gone(&mut self) {
+        let base = self.shared.config.shutdown_reconnect.as_millis() as u64;
+        self.close(ByeReason::Shutdown, Some(base + fastrand::u64(0..=base)));
+    }
+
+    fn connect_message(&self, ctx: &mut Context<Self>) -> registry::Connect {
+        registry::Connect {
+            id: self.id,
+            addr: ctx.address(),
+            outbox: self.outbox.clone(),
+            peer: self.peer,
+            gauge: self.gauge.clone(),
+        }
+    }
+
+    /// Leaves the registry (rooms, presence, user index), once.
+    fn unregister(&mut self) {
+        if !self.unregistered {
+            self.unregistered = true;
+            // At most once per session lifetime: `do_send` cannot pile up here.
+            self.registry.do_send(registry::Disconnect { id: self.id });
+        }
     }
 
     fn on_line(&mut self, line: Bytes, ctx: &mut Context<Self>) {
@@ -404,9 +517,9 @@ impl Session {
                     since: s.since,
                     epoch: s.epoch.map(|e| e.into_owned()),
                 };
-                self.ask(ctx, msg, move |act, _, joined| {
-                    if joined {
-                        act.rooms.insert(room);
+                self.ask(ctx, msg, move |act, _, cursor| {
+                    if let Some(cursor) = cursor {
+                        act.rooms.insert(room, cursor);
                     }
                 });
             }
@@ -573,19 +686,28 @@ impl Session {
         self.heartbeat = Some(heartbeat);
         let first = interval.mul_f64(fastrand::f64());
         ctx.run_later(first, move |act, ctx| {
-            act.on_tick();
-            ctx.run_interval(interval, |act, _| act.on_tick());
+            act.on_tick(ctx);
+            ctx.run_interval(interval, |act, ctx| act.on_tick(ctx));
         });
     }
 
-    fn on_tick(&mut self) {
+    fn on_tick(&mut self, ctx: &mut Context<Self>) {
         if self.closing {
             return;
         }
+        let now = Instant::now();
+        if self
+            .registry_lost
+            .is_some_and(|since| now.duration_since(since) > self.shared.config.dead_after())
+        {
+            tracing::warn!(parent: &self.span, session = %self.wire_id, "no registry reachable; closing");
+            return self.registry_gone();
+        }
+        self.sync_registry(ctx);
         let Some(hb) = &mut self.heartbeat else {
             return;
         };
-        match hb.tick(Instant::now()) {
+        match hb.tick(now) {
             Tick::Ping { seq, missed } => {
                 self.gauge.set_missed(missed);
                 if missed > 0 {
@@ -596,10 +718,12 @@ impl Session {
             }
             Tick::Skip => {}
             Tick::Dead { missed } => {
+                // Not waited for past its bound, whatever is queued for it.
+                let dead_by = hb.dead_by();
                 self.gauge.set_missed(missed);
                 self.shared.metrics.heartbeat_missed();
                 tracing::info!(parent: &self.span, session = %self.wire_id, missed, "peer silent too long");
-                self.close(ByeReason::HeartbeatTimeout, None);
+                self.close_by(ByeReason::HeartbeatTimeout, None, Some(dead_by));
             }
         }
     }
@@ -610,13 +734,7 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         tracing::debug!(parent: &self.span, "connected");
-        let connect = registry::Connect {
-            id: self.id,
-            addr: ctx.address(),
-            outbox: self.outbox.clone(),
-            peer: self.peer,
-            gauge: self.gauge.clone(),
-        };
+        let connect = self.connect_message(ctx);
         let reconnect_ms = self.shared.config.shutdown_reconnect.as_millis() as u64;
         self.ask(ctx, connect, move |act, _, result| {
             if result.is_err() {
@@ -640,11 +758,15 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         tracing::debug!(parent: &self.span, "session ended");
+        if let Some(panic) = panics::take() {
+            // The actor was dropped after a panic in one of its handlers: this connection
+            // alone ends.
+            tracing::error!(parent: &self.span, session = %self.wire_id, %panic, "session crashed");
+            self.shared.metrics.session_panicked();
+            self.outbox.close_silently(ByeReason::Normal);
+        }
         self.shared.metrics.closed(self.outbox.closing());
-        // One message per session lifetime: `do_send` cannot pile up here.
-        self.shared
-            .registry
-            .do_send(registry::Disconnect { id: self.id });
+        self.unregister();
     }
 }
 
@@ -668,6 +790,36 @@ impl StreamHandler<Result<Bytes, CodecError>> for Session {
         // The peer closed its side: flush what is queued, then end.
         self.closing = true;
         self.outbox.close_silently(ByeReason::Normal);
+    }
+}
+
+/// The outbox started closing (whoever started it): leave the registry now.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CloseBegan;
+
+impl Handler<CloseBegan> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: CloseBegan, _: &mut Self::Context) {
+        self.closing = true;
+        self.unregister();
+    }
+}
+
+impl Handler<RegistryRestarted> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: RegistryRestarted, ctx: &mut Self::Context) {
+        self.sync_registry(ctx);
+    }
+}
+
+impl Handler<RegistryGone> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: RegistryGone, _: &mut Self::Context) {
+        self.registry_gone();
     }
 }
 

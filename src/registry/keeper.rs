@@ -1,0 +1,239 @@
+//! Keeping a registry alive: a crash-only registry and the slot where everyone finds it.
+//!
+//! `actix::Supervisor` restarts an actor that stops itself, never one that panics: a panic in
+//! any registry handler (a built-in one or an application's `impl Handler<M> for Registry`)
+//! drops the actor, its mailbox closes, and without more every session would ask a dead
+//! address forever. So the registry runs under a supervisor *and* a keeper, a task on the
+//! registry's arbiter that:
+//!
+//! 1. owns the [`Broker`], so a room's `seq`, `epoch`, history and dedupe outlive any one
+//!    registry;
+//! 2. starts a registry, publishes its address in the [`RegistrySlot`], and waits for it to
+//!    die (its `Drop` hands over the addresses of the sessions it knew, and the keeper also
+//!    polls `Addr::connected` in case that never comes);
+//! 3. logs the panic's message at `error`, counts it, and starts a fresh registry at once;
+//!    the sessions it knew are told to re-register ([`RegistryRestarted`]), and every other
+//!    session notices the new generation of the slot at its next heartbeat tick or request.
+//!    A session re-registers with what it owns: its user, its rooms and the last `seq` it
+//!    was given in each ([`RoomCursor`]), so the registry replays what it missed from history
+//!    or, where history no longer reaches back, sends `unsubscribed{reason:"resync"}`;
+//! 4. gives up when the registry crashes `max_registry_restarts` times within
+//!    `registry_restart_window` (OTP's restart intensity): the slot records the failure,
+//!    sessions are closed with `bye{reason:"shutdown"}`, and [`ServerHandle::failed`]
+//!    resolves so that the process can exit non-zero instead of spinning.
+//!
+//! [`ServerHandle::failed`]: crate::ServerHandle::failed
+//! [`RoomCursor`]: super::RoomCursor
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::{oneshot, watch};
+
+use super::Registry;
+use crate::broker::Broker;
+use crate::metrics::Metrics;
+use crate::panics;
+use crate::session::Session;
+
+/// How often the keeper checks that the registry's mailbox is still open, in case its `Drop`
+/// notice never comes.
+const LIVENESS_POLL: Duration = Duration::from_millis(200);
+
+/// The addresses of the sessions a registry knew, handed over when it is dropped.
+pub(crate) type Orphans = Vec<Addr<Session>>;
+
+/// Where sessions, the accept loop and the application find the registry running now.
+#[derive(Debug)]
+pub(crate) struct RegistrySlot {
+    current: RwLock<Addr<Registry>>,
+    /// Counts registries started; a session that registered with an older one re-registers.
+    generation: AtomicU64,
+    /// Set when the server shuts down: a registry that goes away then is not replaced.
+    stopping: AtomicBool,
+    /// Why the keeper gave up, once it has.
+    failure: watch::Sender<Option<Arc<str>>>,
+}
+
+impl RegistrySlot {
+    fn new(first: Addr<Registry>) -> Arc<Self> {
+        Arc::new(RegistrySlot {
+            current: RwLock::new(first),
+            generation: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            failure: watch::Sender::new(None),
+        })
+    }
+
+    /// The registry running now (or the last one, while a new one starts).
+    pub(crate) fn current(&self) -> Addr<Registry> {
+        match self.current.read() {
+            Ok(addr) => addr.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The generation of [`current`](Self::current).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn publish(&self, addr: Addr<Registry>) {
+        match self.current.write() {
+            Ok(mut current) => *current = addr,
+            Err(poisoned) => *poisoned.into_inner() = addr,
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The server is shutting down: registries that end now are not replaced.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Why the keeper gave up, if it has.
+    pub(crate) fn failure(&self) -> Option<Arc<str>> {
+        self.failure.borrow().clone()
+    }
+
+    /// Resolves with the reason once the keeper gives up.
+    pub(crate) async fn failed(&self) -> Arc<str> {
+        let mut rx = self.failure.subscribe();
+        loop {
+            if let Some(reason) = rx.borrow_and_update().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                // The slot is being dropped with the server: nothing can fail any more.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// OTP's restart intensity: at most `max_restarts` within `window`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Intensity {
+    pub(crate) max_restarts: u32,
+    pub(crate) window: Duration,
+}
+
+/// Builds one registry; called again for every restart, on the registry's arbiter.
+pub(crate) type BuildRegistry = Box<dyn Fn(Rc<dyn Broker>, oneshot::Sender<Orphans>) -> Registry>;
+
+/// Tells a session that the registry it registered with is gone and a new one runs.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RegistryRestarted;
+
+/// Tells a session that no registry will run again: the server gave up.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RegistryGone;
+
+/// Starts the keeper on `arbiter` and returns the slot once the first registry runs.
+/// `make_broker` and `build` run on the arbiter, so neither the broker nor the registry need
+/// be `Send`.
+pub(crate) fn start(
+    arbiter: &actix_rt::ArbiterHandle,
+    make_broker: Box<dyn FnOnce() -> Rc<dyn Broker> + Send>,
+    build: Box<dyn FnOnce() -> BuildRegistry + Send>,
+    intensity: Intensity,
+    metrics: Arc<Metrics>,
+) -> Option<Arc<RegistrySlot>> {
+    panics::capture();
+    let (slot_tx, slot_rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = arbiter.spawn_fn(move || {
+        let keeper = Keeper {
+            broker: make_broker(),
+            build: build(),
+            intensity,
+            metrics,
+            restarts: VecDeque::new(),
+        };
+        actix_rt::spawn(keeper.run(slot_tx));
+    });
+    if !spawned {
+        return None;
+    }
+    // The registry arbiter only builds a broker and a registry: this is a short wait.
+    slot_rx.recv_timeout(Duration::from_secs(10)).ok()
+}
+
+struct Keeper {
+    broker: Rc<dyn Broker>,
+    build: BuildRegistry,
+    intensity: Intensity,
+    metrics: Arc<Metrics>,
+    restarts: VecDeque<Instant>,
+}
+
+impl Keeper {
+    fn start_registry(&self) -> (Addr<Registry>, oneshot::Receiver<Orphans>) {
+        let (notice, died) = oneshot::channel();
+        let registry = (self.build)(self.broker.clone(), notice);
+        (Supervisor::start(move |_| registry), died)
+    }
+
+    async fn run(mut self, slot_tx: std::sync::mpsc::SyncSender<Arc<RegistrySlot>>) {
+        let (mut addr, mut died) = self.start_registry();
+        let slot = RegistrySlot::new(addr.clone());
+        if slot_tx.send(slot.clone()).is_err() {
+            return;
+        }
+        loop {
+            let orphans = tokio::select! {
+                orphans = &mut died => orphans.unwrap_or_default(),
+                () = until_disconnected(&addr) => Vec::new(),
+            };
+            if slot.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let message = panics::take().unwrap_or_else(|| "no panic message recorded".into());
+            self.metrics.registry_restarted();
+            let now = Instant::now();
+            self.restarts.push_back(now);
+            while self
+                .restarts
+                .front()
+                .is_some_and(|at| now.duration_since(*at) > self.intensity.window)
+            {
+                self.restarts.pop_front();
+            }
+            if self.restarts.len() > self.intensity.max_restarts as usize {
+                let reason: Arc<str> = format!(
+                    "the registry crashed {} times within {:?} (max_registry_restarts); \
+                     last panic: {message}",
+                    self.restarts.len(),
+                    self.intensity.window
+                )
+                .into();
+                tracing::error!(%reason, "giving up: the server stops");
+                for session in &orphans {
+                    session.do_send(RegistryGone);
+                }
+                slot.failure.send_replace(Some(reason));
+                return;
+            }
+            tracing::error!(panic = %message, sessions = orphans.len(),
+                "registry crashed; a fresh one takes over and sessions re-register");
+            (addr, died) = self.start_registry();
+            slot.publish(addr.clone());
+            for session in &orphans {
+                // One message per session per restart, and restarts are bounded.
+                session.do_send(RegistryRestarted);
+            }
+        }
+    }
+}
+
+/// Resolves when `addr`'s mailbox has closed.
+async fn until_disconnected(addr: &Addr<Registry>) {
+    while addr.connected() {
+        tokio::time::sleep(LIVENESS_POLL).await;
+    }
+}
