@@ -597,9 +597,7 @@ impl Handler<Subscribe> for Registry {
                         return None;
                     }
                 };
-                let Some(entry) = act.sessions.get_mut(&msg.id) else {
-                    return None;
-                };
+                let entry = act.sessions.get_mut(&msg.id)?;
                 for frame in replay.frames {
                     entry.outbox.push(frame);
                 }
