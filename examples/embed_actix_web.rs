@@ -63,26 +63,43 @@ pub fn configure(server: ServerHandle, api: HttpApi) -> impl Fn(&mut web::Servic
     }
 }
 
+/// Runs heartwire and the application in one System until SIGINT/SIGTERM, then drains
+/// heartwire's clients (each gets `bye{reason:"shutdown", reconnect_ms}`) and stops the
+/// application. Arguments: heartwire's TCP address and the application's HTTP address
+/// (defaults `127.0.0.1:7700` and `127.0.0.1:8080`; port 0 picks a free port).
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_env_filter("info").init();
+    tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_writer(std::io::stderr)
+        .init();
+    let mut args = std::env::args().skip(1);
+    let listen = args.next().unwrap_or_else(|| "127.0.0.1:7700".into());
+    let app_addr = args.next().unwrap_or_else(|| "127.0.0.1:8080".into());
     let config = Config {
-        listen: "127.0.0.1:7700".parse()?,
+        listen: listen.parse()?,
         ..Config::default()
     };
     // heartwire's actors start in this System, beside the application's HTTP server.
     let server = ServerBuilder::new(config.clone()).start()?;
     let api = HttpApi::new(&server, &config);
     let routes = configure(server.clone(), api);
+    // heartwire owns the signals: actix-web's own handling would stop the System (and
+    // heartwire's actors with it) before the clients are told anything.
+    let app = HttpServer::new(move || App::new().configure(routes.clone()))
+        .disable_signals()
+        .bind(app_addr.as_str())?;
+    let app_addr = app.addrs()[0];
+    let app = app.run();
+    let app_handle = app.handle();
+    actix_web::rt::spawn(app);
+    let run = server.run_until_signal();
     println!(
-        "heartwire on {}, application on 127.0.0.1:8080",
+        "heartwire on {}, application on {app_addr}",
         server.local_addr()
     );
-    // actix-web stops on SIGINT/SIGTERM; heartwire then drains its clients.
-    HttpServer::new(move || App::new().configure(routes.clone()))
-        .bind(("127.0.0.1", 8080))?
-        .run()
-        .await?;
-    server.shutdown().await;
+    let outcome = run.await;
+    app_handle.stop(true).await;
+    outcome?;
     Ok(())
 }

@@ -68,7 +68,7 @@ pub use protocol::{ByeReason, ErrorCode};
 pub use registry::admin::{ConnectionInfo, ConnectionPage, Overview, RoomDetails, RoomPage};
 pub use registry::{Registry, SessionId};
 pub use server::{
-    ConnectionQuery, HandleError, ServerBuilder, ServerFailed, ServerHandle, StartError,
+    ConnectionQuery, HandleError, ServerBuilder, ServerFailed, ServerHandle, Shutdown, StartError,
 };
 pub use session::{AppFrame, FrameHandler, Session};
 pub use tls::TlsConfig;

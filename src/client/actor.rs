@@ -43,7 +43,7 @@ use super::outgoing::{Kind, Outgoing, Reply};
 use super::rooms::{Delivery, Rooms};
 use crate::names::{MAX_ID_LEN, MAX_ROOM_LEN, MAX_USER_LEN};
 use crate::outbox::{Outbox, WriterExit};
-use crate::protocol::codec::{CodecError, LineCodec};
+use crate::protocol::codec::{Line, SkippingLineCodec};
 use crate::protocol::{encode_line, ByeReason};
 
 /// A connection to the server: plain TCP or TLS over it.
@@ -284,7 +284,10 @@ impl Client {
             // One message per connection: `do_send` cannot pile up here.
             addr.do_send(WriterDone { generation, exit });
         });
-        ctx.add_stream(FramedRead::new(read, LineCodec::new(self.config.max_frame)));
+        ctx.add_stream(FramedRead::new(
+            read,
+            SkippingLineCodec::new(self.config.max_frame),
+        ));
         let hello = ClientFrame::Hello {
             user: self.config.user.as_deref(),
             token: self.config.token.as_deref(),
@@ -645,14 +648,20 @@ impl Supervised for Client {
     }
 }
 
-impl StreamHandler<Result<Bytes, CodecError>> for Client {
-    fn handle(&mut self, item: Result<Bytes, CodecError>, ctx: &mut Context<Self>) {
+impl StreamHandler<Result<Line, std::io::Error>> for Client {
+    fn handle(&mut self, item: Result<Line, std::io::Error>, ctx: &mut Context<Self>) {
         match item {
-            Ok(line) => self.on_line(line, ctx),
-            Err(CodecError::FrameTooLarge(max)) => {
-                self.lost(DisconnectReason::FrameTooLarge(max), ctx)
+            Ok(Line::Frame(line)) => self.on_line(line, ctx),
+            Ok(Line::TooLarge) => {
+                let max = self.config.max_frame;
+                tracing::warn!(parent: &self.span, max, "skipped a frame from the server over max_frame");
+                let event = ClientEvent::ServerError {
+                    code: "frame_too_large".into(),
+                    message: format!("the server sent a frame longer than {max} bytes; skipped"),
+                };
+                self.emit(event, ctx);
             }
-            Err(CodecError::Io(e)) => self.lost(DisconnectReason::Io(e.to_string()), ctx),
+            Err(e) => self.lost(DisconnectReason::Io(e.to_string()), ctx),
         }
     }
 

@@ -70,7 +70,9 @@ pub enum ClientEvent {
         /// Attempt number since the last connection that stayed up (1-based).
         attempt: u32,
     },
-    /// The server reported an error not tied to a pending request.
+    /// The server reported an error not tied to a pending request. A frame from the server
+    /// longer than the client's `max_frame` is skipped and reported here too (code
+    /// `frame_too_large`); the connection stays up.
     ServerError {
         /// `error.code`.
         code: String,
@@ -160,8 +162,6 @@ pub enum DisconnectReason {
     Eof,
     /// Reading or writing the socket failed.
     Io(String),
-    /// The server sent a line longer than the client's `max_frame`.
-    FrameTooLarge(usize),
     /// The server sent something that is not protocol v1.
     Protocol(String),
     /// The server stopped reading and the client's outbound budget ran out.
@@ -186,9 +186,6 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Unauthorized(m) => write!(f, "unauthorized: {m}"),
             DisconnectReason::Eof => f.write_str("connection closed by the server"),
             DisconnectReason::Io(e) => write!(f, "i/o error: {e}"),
-            DisconnectReason::FrameTooLarge(max) => {
-                write!(f, "server sent a frame longer than {max} bytes")
-            }
             DisconnectReason::Protocol(e) => write!(f, "protocol error: {e}"),
             DisconnectReason::OutboundFull => {
                 f.write_str("server stopped reading; outbound budget exhausted")

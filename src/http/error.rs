@@ -79,6 +79,11 @@ impl From<HandleError> for ApiError {
             HandleError::Invalid(_) | HandleError::Encode(_) => {
                 ApiError::bad_request(e.to_string())
             }
+            HandleError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.to_string(),
+            ),
             HandleError::Registry(_) | HandleError::Broker(_) => {
                 tracing::warn!(error = %e, "HTTP API request failed");
                 ApiError::unavailable(e.to_string())

@@ -4,7 +4,13 @@
 //! connection never buffers more than `max_frame` bytes (plus one socket read) while waiting
 //! for a newline. This wrapper only strips an optional `\r` and turns the codec's errors into
 //! ones the session can answer with the right `bye` reason.
+//!
+//! The client reads with [`SkippingLineCodec`]: a line from the server over the limit is
+//! skipped and reported, not a reason to end the stream, or a server that sends one frame
+//! too large would make its clients reconnect (and be replayed the same frame) forever.
 
+#[cfg(feature = "client")]
+use bytes::Buf;
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder};
 
@@ -41,16 +47,43 @@ impl LineCodec {
         }
     }
 
-    fn finish(&self, line: Bytes) -> Result<Bytes, CodecError> {
+    fn finish(&self, line: Bytes) -> Next {
         let line = match line.last() {
             Some(b'\r') => line.slice(..line.len() - 1),
             _ => line,
         };
         if line.len() > self.max_frame {
-            return Err(CodecError::FrameTooLarge(self.max_frame));
+            return Next::TooLarge { consumed: true };
         }
-        Ok(line)
+        Next::Line(line)
     }
+
+    fn next(&mut self, buf: &mut BytesMut) -> Result<Next, std::io::Error> {
+        match self.inner.decode(buf) {
+            Ok(Some(line)) => Ok(self.finish(line)),
+            // The inner limit leaves room for a `\r` before the `\n`; anything else in that
+            // extra byte already makes the line too long.
+            Ok(None) if buf.len() > self.max_frame && buf[self.max_frame] != b'\r' => {
+                Ok(Next::TooLarge { consumed: false })
+            }
+            Ok(None) => Ok(Next::Pending),
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
+                Ok(Next::TooLarge { consumed: false })
+            }
+            Err(AnyDelimiterCodecError::Io(e)) => Err(e),
+        }
+    }
+}
+
+/// What the buffer holds next.
+enum Next {
+    /// A complete line within the limit.
+    Line(Bytes),
+    /// A line over the limit; `consumed` when it was taken out of the buffer already.
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
+    TooLarge { consumed: bool },
+    /// Not a whole line yet.
+    Pending,
 }
 
 impl Decoder for LineCodec {
@@ -58,18 +91,10 @@ impl Decoder for LineCodec {
     type Error = CodecError;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
-        match self.inner.decode(buf) {
-            Ok(Some(line)) => self.finish(line).map(Some),
-            // The inner limit leaves room for a `\r` before the `\n`; anything else in that
-            // extra byte already makes the line too long.
-            Ok(None) if buf.len() > self.max_frame && buf[self.max_frame] != b'\r' => {
-                Err(CodecError::FrameTooLarge(self.max_frame))
-            }
-            Ok(None) => Ok(None),
-            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
-                Err(CodecError::FrameTooLarge(self.max_frame))
-            }
-            Err(AnyDelimiterCodecError::Io(e)) => Err(CodecError::Io(e)),
+        match self.next(buf)? {
+            Next::Line(line) => Ok(Some(line)),
+            Next::TooLarge { .. } => Err(CodecError::FrameTooLarge(self.max_frame)),
+            Next::Pending => Ok(None),
         }
     }
 
@@ -85,9 +110,92 @@ impl Decoder for LineCodec {
     }
 }
 
+/// A line as the client reads it.
+#[cfg(feature = "client")]
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Line {
+    /// A frame within the limit.
+    Frame(Bytes),
+    /// A frame over the limit, skipped.
+    TooLarge,
+}
+
+/// Like [`LineCodec`], but a line over the limit is skipped and reported as
+/// [`Line::TooLarge`] instead of ending the stream.
+#[cfg(feature = "client")]
+#[derive(Debug)]
+pub(crate) struct SkippingLineCodec {
+    lines: LineCodec,
+    /// The rest of an over-long line is being dropped, up to its newline.
+    discarding: bool,
+}
+
+#[cfg(feature = "client")]
+impl SkippingLineCodec {
+    /// A codec that skips lines longer than `max_frame` bytes.
+    pub(crate) fn new(max_frame: usize) -> Self {
+        SkippingLineCodec {
+            lines: LineCodec::new(max_frame),
+            discarding: false,
+        }
+    }
+}
+
+#[cfg(feature = "client")]
+impl Decoder for SkippingLineCodec {
+    type Item = Line;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Line>, std::io::Error> {
+        if self.discarding {
+            match buf.iter().position(|b| *b == b'\n') {
+                Some(end) => {
+                    buf.advance(end + 1);
+                    self.discarding = false;
+                }
+                None => {
+                    buf.clear();
+                    return Ok(None);
+                }
+            }
+        }
+        match self.lines.next(buf)? {
+            Next::Line(line) => Ok(Some(Line::Frame(line))),
+            Next::TooLarge { consumed } => {
+                // A fresh inner codec: the old one's position refers to bytes about to go.
+                self.lines = LineCodec::new(self.lines.max_frame);
+                self.discarding = !consumed;
+                Ok(Some(Line::TooLarge))
+            }
+            Next::Pending => Ok(None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "client")]
+    #[test]
+    fn the_client_codec_skips_an_oversized_line_and_goes_on() {
+        let mut c = SkippingLineCodec::new(8);
+        let mut buf = BytesMut::from(&b"ok\n0123456789abcdef"[..]);
+        assert_eq!(c.decode(&mut buf).unwrap(), Some(Line::Frame("ok".into())));
+        assert_eq!(c.decode(&mut buf).unwrap(), Some(Line::TooLarge));
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"ghij\nnext\n123456789\nlast\n");
+        assert_eq!(
+            c.decode(&mut buf).unwrap(),
+            Some(Line::Frame("next".into()))
+        );
+        assert_eq!(c.decode(&mut buf).unwrap(), Some(Line::TooLarge));
+        assert_eq!(
+            c.decode(&mut buf).unwrap(),
+            Some(Line::Frame("last".into()))
+        );
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+    }
 
     fn decode_all(codec: &mut LineCodec, input: &[u8]) -> Vec<Result<Bytes, String>> {
         let mut buf = BytesMut::from(input);

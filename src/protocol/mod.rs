@@ -433,6 +433,38 @@ impl Outbound<'_> {
     }
 }
 
+/// The longest the `message` frame for this room (or direct, without one), sender, payload
+/// and id can be on the wire, newline included: with the largest possible `seq`. A server
+/// that announced `max_frame` refuses a publish or send whose message would be longer.
+pub(crate) fn message_len(
+    room: Option<&str>,
+    from: Option<&str>,
+    data: &RawValue,
+    id: Option<&str>,
+) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let message = Outbound::Message {
+        room,
+        seq: room.map(|_| u64::MAX),
+        from,
+        data,
+        id,
+    };
+    let mut count = Count(0);
+    // Counting cannot fail, and neither can serialising this frame.
+    let _ = serde_json::to_writer(&mut count, &message);
+    count.0 + 1
+}
+
 /// Serialises any value as one JSON line, newline included; for application frames.
 pub fn encode_line<T: Serialize + ?Sized>(value: &T) -> Bytes {
     let mut buf = Vec::with_capacity(64);
@@ -524,6 +556,32 @@ mod tests {
             Inbound::parse(deep("subscribe").as_bytes()),
             Err(ParseError::BadRequest { .. })
         ));
+    }
+
+    #[test]
+    fn message_len_is_the_longest_encoding() {
+        let data = RawValue::from_string("{\"t\":\"x\"}".into()).unwrap();
+        let longest = Outbound::Message {
+            room: Some("r\"oom"),
+            seq: Some(u64::MAX),
+            from: Some("al\nice"),
+            data: &data,
+            id: Some("i"),
+        }
+        .encode();
+        assert_eq!(
+            message_len(Some("r\"oom"), Some("al\nice"), &data, Some("i")),
+            longest.len()
+        );
+        let direct = Outbound::Message {
+            room: None,
+            seq: None,
+            from: None,
+            data: &data,
+            id: None,
+        }
+        .encode();
+        assert_eq!(message_len(None, None, &data, None), direct.len());
     }
 
     #[test]

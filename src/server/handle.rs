@@ -25,7 +25,7 @@ use crate::broker::{BrokerError, HistoryTotals};
 use crate::limits::ConnectionTracker;
 use crate::metrics::{Levels, Metrics};
 use crate::names::{NameError, NameLimits, UserName, MAX_ID_LEN};
-use crate::protocol::ByeReason;
+use crate::protocol::{message_len, ByeReason};
 use crate::registry::admin::{
     ConnectionPage, GetHistoryTotals, GetOverview, KickSession, ListConnections, ListRooms,
     Overview, RoomDetails, RoomInfo, RoomPage,
@@ -40,6 +40,14 @@ pub enum HandleError {
     /// A name breaks the server's limits.
     #[error("invalid {0}")]
     Invalid(#[from] NameError),
+    /// The `message` would be longer than the `max_frame` the server announces.
+    #[error("the message would be {len} bytes, over max_frame ({max})")]
+    TooLarge {
+        /// Its length, without the newline.
+        len: usize,
+        /// The server's `max_frame`.
+        max: usize,
+    },
     /// The payload could not be turned into JSON.
     #[error("cannot encode `data` as JSON: {0}")]
     Encode(#[from] serde_json::Error),
@@ -83,12 +91,15 @@ impl ServerHandle {
         data: Box<RawValue>,
         id: Option<&str>,
     ) -> Result<u64, HandleError> {
+        let room = self.names.room(room)?;
+        let id = self.names.opt_id(id)?;
+        self.fits(message_len(Some(&room), None, &data, id.as_deref()))?;
         let msg = Publish {
             session: None,
-            room: self.names.room(room)?,
+            room,
             from: None,
             data,
-            id: self.names.opt_id(id)?,
+            id,
         };
         Ok(self.registry().send(msg).await??)
     }
@@ -112,14 +123,29 @@ impl ServerHandle {
         data: Box<RawValue>,
         id: Option<&str>,
     ) -> Result<usize, HandleError> {
+        let to = UserName::new(user).map_err(|e| e.for_field("to"))?;
+        let id = self.names.opt_id(id)?;
+        self.fits(message_len(None, None, &data, id.as_deref()))?;
         let msg = SendTo {
             session: None,
             from: None,
-            to: UserName::new(user).map_err(|e| e.for_field("to"))?,
+            to,
             data,
-            id: self.names.opt_id(id)?,
+            id,
         };
         Ok(self.registry().send(msg).await?)
+    }
+
+    /// Refuses a message nobody could be sent (see [`HandleError::TooLarge`]).
+    fn fits(&self, message_len: usize) -> Result<(), HandleError> {
+        let max = self.shared.config.max_frame;
+        if message_len > max + 1 {
+            return Err(HandleError::TooLarge {
+                len: message_len - 1,
+                max,
+            });
+        }
+        Ok(())
     }
 
     /// Closes every session of `user` with `bye{reason:"kicked"}`; returns how many.
@@ -233,6 +259,17 @@ pub struct ServerHandle {
 #[error("server failed: {0}")]
 pub struct ServerFailed(pub Arc<str>);
 
+/// How a graceful shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Every connection closed within `drain_timeout`.
+    Drained,
+    /// `drain_timeout` passed first; the rest were closed.
+    TimedOut,
+    /// A second signal ended the wait.
+    Interrupted,
+}
+
 /// How often a shutdown checks whether the last connection has closed.
 const CLOSED_POLL: Duration = Duration::from_millis(10);
 
@@ -294,13 +331,28 @@ impl ServerHandle {
     }
 
     /// Waits for SIGINT or SIGTERM, then shuts down gracefully ([`shutdown`](Self::shutdown));
-    /// a second signal during the drain stops waiting for it. Returns whether every client
-    /// was drained in time, or the failure when the server gave up first. This is the whole
-    /// life of a server embedded in an application that owns no signals of its own (an
-    /// actix-web app built with `.disable_signals()`): run it, then stop the app.
-    pub async fn run_until_signal(&self) -> Result<bool, ServerFailed> {
-        let mut signals = Signals::new()
-            .map_err(|e| ServerFailed(format!("cannot install signal handlers: {e}").into()))?;
+    /// a second signal during the drain stops waiting for it. Returns how the shutdown went,
+    /// or the failure when the server gave up first. This is the whole life of a server
+    /// embedded in an application that owns no signals of its own (an actix-web app built
+    /// with `.disable_signals()`): run it, then stop the app.
+    ///
+    /// The signal handlers are installed when this is called, before the returned future is
+    /// first polled: call it before announcing that the server is up.
+    pub fn run_until_signal(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Shutdown, ServerFailed>> + '_ {
+        let signals = Signals::new();
+        async move {
+            let mut signals = signals
+                .map_err(|e| ServerFailed(format!("cannot install signal handlers: {e}").into()))?;
+            self.until_signal_then_shutdown(&mut signals).await
+        }
+    }
+
+    async fn until_signal_then_shutdown(
+        &self,
+        signals: &mut Signals,
+    ) -> Result<Shutdown, ServerFailed> {
         tokio::select! {
             () = signals.next() => {}
             failed = self.failed() => {
@@ -310,11 +362,11 @@ impl ServerHandle {
         }
         tracing::info!("shutting down; a second signal stops waiting for the drain");
         tokio::select! {
-            drained = self.shutdown() => Ok(drained),
+            drained = self.shutdown() => Ok(if drained { Shutdown::Drained } else { Shutdown::TimedOut }),
             () = signals.next() => {
                 tracing::warn!("second signal: not waiting for the drain");
                 self.stop_arbiters();
-                Ok(false)
+                Ok(Shutdown::Interrupted)
             }
         }
     }

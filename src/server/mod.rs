@@ -6,7 +6,7 @@
 mod accept;
 mod handle;
 
-pub use handle::{ConnectionQuery, HandleError, ServerFailed, ServerHandle};
+pub use handle::{ConnectionQuery, HandleError, ServerFailed, ServerHandle, Shutdown};
 
 use std::io;
 use std::net::SocketAddr;

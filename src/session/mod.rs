@@ -51,7 +51,7 @@ use crate::outbox::{Outbox, WriterExit};
 use crate::panics;
 use crate::protocol::codec::{CodecError, LineCodec};
 use crate::protocol::{
-    encode_line, ByeReason, ErrorCode, HeartbeatInfo, Inbound, Outbound, ParseError,
+    encode_line, message_len, ByeReason, ErrorCode, HeartbeatInfo, Inbound, Outbound, ParseError,
 };
 use crate::registry::keeper::{RegistryGone, RegistryRestarted, RegistrySlot};
 use crate::registry::{self, Registry, RegistryError, RoomCursor, SessionId};
@@ -464,6 +464,21 @@ impl Session {
         false
     }
 
+    /// Refuses a publish or send whose `message` would be longer than the `max_frame` this
+    /// server announced: nobody could be sent it.
+    fn fits(&self, message_len: usize, id: Option<&str>) -> bool {
+        let max = self.shared.config.max_frame;
+        if message_len <= max + 1 {
+            return true;
+        }
+        let text = format!(
+            "the message would be {} bytes, over max_frame ({max})",
+            message_len - 1
+        );
+        self.send_error(ErrorCode::BadRequest, &text, id);
+        false
+    }
+
     /// Refuses a room the user's token does not allow.
     fn room_allowed(&self, room: &RoomName, id: Option<&str>) -> bool {
         let allowed = self.room_policy.as_ref().is_none_or(|p| p.allows(room));
@@ -534,6 +549,10 @@ impl Session {
                 if !self.room_allowed(&room, p.id.as_deref()) {
                     return;
                 }
+                let len = message_len(Some(&room), Some(&user), p.data, p.id.as_deref());
+                if !self.fits(len, p.id.as_deref()) {
+                    return;
+                }
                 let msg = registry::Publish {
                     session: Some(self.id),
                     room,
@@ -545,6 +564,10 @@ impl Session {
                 self.ask(ctx, msg, |_, _, _| {});
             }
             Inbound::Send(s) => {
+                let len = message_len(None, Some(&user), s.data, s.id.as_deref());
+                if !self.fits(len, s.id.as_deref()) {
+                    return;
+                }
                 let msg = registry::SendTo {
                     session: Some(self.id),
                     from: Some(user),

@@ -110,3 +110,69 @@ async fn custom_frame_and_messages_for_registry_and_sessions() {
     b.send(json!({"type": "presence", "room": "lobby"})).await;
     assert_eq!(b.recv_non_ping().await["users"], json!(["alice", "bob"]));
 }
+
+/// The `embed_actix_web` example as shipped, run as a real process: on SIGTERM every
+/// heartwire client gets `bye{reason:"shutdown"}` and the process exits 0 (actix-web's own
+/// signal handling would have stopped the System under heartwire's feet).
+#[test]
+fn embedded_in_actix_web_drains_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    // `cargo test` builds the examples next to the test binary's directory.
+    let exe = std::env::current_exe().expect("test binary path");
+    let example = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples").join("embed_actix_web"))
+        .expect("target directory");
+    let mut child = Command::new(&example)
+        .args(["127.0.0.1:0", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {}: {e}", example.display()));
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    // "heartwire on 127.0.0.1:PORT, application on 127.0.0.1:PORT"
+    let addr = line
+        .trim()
+        .strip_prefix("heartwire on ")
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(crate::common::PATIENCE)).unwrap();
+    tcp.write_all(b"{\"type\":\"hello\",\"user\":\"alice\"}\n")
+        .unwrap();
+    let mut reader = BufReader::new(tcp.try_clone().unwrap());
+    let mut welcome = String::new();
+    reader.read_line(&mut welcome).unwrap();
+    assert!(welcome.contains("\"welcome\""), "{welcome}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    let bye: Value = rest
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|f| f["type"] == "bye")
+        .unwrap_or_else(|| panic!("no bye before EOF: {rest:?}"));
+    assert_eq!(bye["reason"], "shutdown", "{bye}");
+    assert!(bye["reconnect_ms"].is_u64(), "{bye}");
+    let until = Instant::now() + crate::common::PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < until, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -27,6 +27,7 @@ mod client_support;
 #[cfg(feature = "http")]
 mod embedding;
 mod extension;
+mod frame_sizes;
 mod framing;
 mod handshake;
 mod hostile;
@@ -39,3 +40,4 @@ mod rooms;
 #[cfg(all(feature = "tls", feature = "jwt", feature = "client"))]
 mod security;
 mod shutdown;
+mod supervision;

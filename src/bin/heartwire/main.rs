@@ -10,8 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use heartwire::http::HttpService;
-use heartwire::ServerBuilder;
-use tokio::signal::unix::{signal, SignalKind};
+use heartwire::{ServerBuilder, Shutdown};
 use tracing_subscriber::EnvFilter;
 
 use self::connect::ConnectArgs;
@@ -96,42 +95,29 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let run = server.run_until_signal();
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "listening on {}", server.local_addr());
         if let Some(http) = &http {
             let _ = writeln!(stdout, "http on {}", http.local_addr());
         }
         let _ = stdout.flush();
-        let (mut term, mut int) = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(term), Ok(int)) => (term, int),
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("heartwire: cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("shutting down; a second signal exits at once");
-        actix_rt::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            eprintln!("heartwire: second signal, exiting now");
-            std::process::exit(130);
-        });
-        let drained = server.shutdown().await;
+        let outcome = run.await;
         // After the drain, so that `/readyz` reported it while it lasted.
         if let Some(http) = http {
             http.stop().await;
         }
-        tracing::info!(drained, "stopped");
-        ExitCode::SUCCESS
+        match outcome {
+            Ok(Shutdown::Interrupted) => ExitCode::from(130),
+            Ok(shutdown) => {
+                tracing::info!(?shutdown, "stopped");
+                ExitCode::SUCCESS
+            }
+            Err(failed) => {
+                eprintln!("heartwire: {failed}");
+                ExitCode::FAILURE
+            }
+        }
     });
     code
 }

@@ -1,0 +1,183 @@
+//! A panic in a registry handler is survived: a fresh registry takes over within a second,
+//! sessions re-register by themselves and keep receiving without a gap or a reconnect; a
+//! registry that keeps crashing stops the server instead of spinning; a panicking session
+//! ends that connection alone and is counted.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use heartwire::{AppFrame, Config, Registry, ServerBuilder, ServerHandle, Session};
+use serde_json::json;
+
+use crate::common::{config, start, subscriber, Client, PATIENCE};
+
+/// An application message whose handler has a bug.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Boom;
+
+impl Handler<Boom> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: Boom, _: &mut Context<Self>) {
+        panic!("a bug in an application's registry handler");
+    }
+}
+
+/// Crashes the registry running now and waits until a fresh one answers.
+async fn crash_registry(server: &ServerHandle) -> Duration {
+    let crashed = Instant::now();
+    server.registry().do_send(Boom);
+    // The old one is gone first; then a new one answers.
+    while server.registry().connected() && crashed.elapsed() < PATIENCE {
+        let before = server.registry();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if !before.connected() {
+            break;
+        }
+    }
+    loop {
+        if server.overview().await.is_ok() {
+            return crashed.elapsed();
+        }
+        assert!(crashed.elapsed() < PATIENCE, "no registry came back");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_registry_panic_is_survived_without_a_gap_or_a_reconnect() {
+    let server = start(config());
+    let addr = server.local_addr();
+    let (mut alice, _) = subscriber(addr, "alice", "r").await;
+    let (mut bob, _) = subscriber(addr, "bob", "r").await;
+    alice
+        .send(json!({"type": "publish", "room": "r", "data": 1, "id": "a1"}))
+        .await;
+    assert_eq!(bob.recv_type("message").await["seq"], 1);
+
+    let took = crash_registry(&server).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "a fresh registry after {took:?}"
+    );
+    // Published by the application while bob has not re-registered yet: he gets it from
+    // history when he does, exactly once, in order.
+    assert_eq!(server.publish("r", &2, None).await.unwrap(), 2);
+    // Alice's next request re-registers her first, then publishes.
+    alice
+        .send(json!({"type": "publish", "room": "r", "data": 3, "id": "a3"}))
+        .await;
+    let mut seqs = Vec::new();
+    while seqs.len() < 2 {
+        let m = bob.recv_type("message").await;
+        seqs.push(m["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, [2, 3], "bob's stream after the crash");
+    // Alice: her own messages 1..=3 once each and in order, and both acks.
+    let mut alice_seqs = Vec::new();
+    loop {
+        let f = alice.recv_non_ping().await;
+        match f["type"].as_str() {
+            Some("message") => alice_seqs.push(f["seq"].as_u64().unwrap()),
+            Some("ack") if f["id"] == "a3" => {
+                assert_eq!(f["seq"], 3);
+                break;
+            }
+            Some("ack") => assert_eq!(f["id"], "a1"),
+            _ => panic!("unexpected {f}"),
+        }
+    }
+    assert_eq!(alice_seqs, [1, 2, 3]);
+    // Everyone is known to the fresh registry again, and new clients are served.
+    let (mut carol, welcome) = Client::hello(addr, "carol").await;
+    assert_eq!(welcome["type"], "welcome");
+    carol.send(json!({"type": "subscribe", "room": "r"})).await;
+    assert_eq!(carol.recv_type("subscribed").await["seq"], 3);
+    crate::common::eventually_stats(&server, "all three registered", |s| {
+        s.identified == 3 && s.users == 3 && s.rooms == 1
+    })
+    .await;
+    let members = server.room("r").await.unwrap().unwrap().members.len();
+    assert_eq!(members, 3);
+    assert!(server
+        .render_metrics()
+        .await
+        .unwrap()
+        .contains("heartwire_registry_restarts_total 1"));
+}
+
+#[actix_rt::test]
+async fn sessions_that_wait_find_the_fresh_registry_at_their_next_tick() {
+    // Bob sends nothing after the crash: his heartbeat tick notices the new registry.
+    let server = start(Config {
+        heartbeat_interval: Duration::from_millis(200),
+        ..config()
+    });
+    let addr = server.local_addr();
+    let (mut bob, _) = subscriber(addr, "bob", "quiet").await;
+    crash_registry(&server).await;
+    crate::common::eventually_stats(&server, "bob registered again", |s| s.identified == 1).await;
+    assert_eq!(server.publish("quiet", &"after", None).await.unwrap(), 1);
+    let m = bob.recv_type("message").await;
+    assert_eq!(
+        (m["seq"].as_u64(), m["data"].as_str()),
+        (Some(1), Some("after"))
+    );
+}
+
+#[actix_rt::test]
+async fn a_registry_that_keeps_crashing_stops_the_server() {
+    let server = start(Config {
+        max_registry_restarts: 2,
+        registry_restart_window: Duration::from_secs(60),
+        ..config()
+    });
+    let (mut alice, _) = Client::hello(server.local_addr(), "alice").await;
+    for _ in 0..2 {
+        crash_registry(&server).await;
+    }
+    server.registry().do_send(Boom);
+    let failed = tokio::time::timeout(PATIENCE, server.failed())
+        .await
+        .expect("the server gives up");
+    assert!(
+        failed.to_string().contains("max_registry_restarts"),
+        "{failed}"
+    );
+    let frames = alice.until_closed().await;
+    let bye = frames.last().expect("a bye");
+    assert_eq!(
+        (bye["type"].as_str(), bye["reason"].as_str()),
+        (Some("bye"), Some("shutdown"))
+    );
+    assert!(server.overview().await.is_err(), "no registry runs");
+}
+
+#[actix_rt::test]
+async fn a_panicking_session_is_counted_and_closes_alone() {
+    let server = ServerBuilder::new(config())
+        .frame_handler(
+            "boom",
+            |_: &mut Session, _: &mut Context<Session>, _: AppFrame| {
+                panic!("a bug in a frame handler");
+            },
+        )
+        .start()
+        .unwrap();
+    let addr = server.local_addr();
+    let (mut a, _) = Client::hello(addr, "a").await;
+    let (mut b, _) = Client::hello(addr, "b").await;
+    a.send(json!({"type": "boom"})).await;
+    a.until_closed().await;
+    b.send(json!({"type": "ping", "seq": 1})).await;
+    assert_eq!(b.recv_non_ping().await, json!({"type": "pong", "seq": 1}));
+    crate::common::eventually("the panic is counted", || async {
+        server
+            .render_metrics()
+            .await
+            .unwrap()
+            .contains("heartwire_session_panics_total 1")
+    })
+    .await;
+}
