@@ -253,3 +253,89 @@ fn connect_without_user_or_token_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--user"));
 }
+
+impl Proc {
+    /// Waits for the exit, at most `wait`.
+    fn wait_exit(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + wait;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// SIGTERM while stdin is open and idle: the client says `bye` and exits at once, without
+/// waiting for a line. The server is a raw listener here, to see exactly what the client sends.
+#[test]
+fn connect_exits_promptly_on_sigterm_while_stdin_is_idle() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (got_tx, got) = channel();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut hello = String::new();
+        reader.read_line(&mut hello).unwrap();
+        let welcome = json!({"type": "welcome", "session": "s-1", "user": "idle",
+            "heartbeat": {"interval_ms": 10_000, "max_missed": 2}, "max_frame": 65536,
+            "server": "test"});
+        writeln!(&stream, "{welcome}").unwrap();
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            let _ = got_tx.send(line);
+        }
+        let _ = got_tx.send("EOF".to_owned());
+    });
+    let mut client = Proc::spawn("client", &["connect", &addr, "--user", "idle"]);
+    client.stderr_line(|l| l.starts_with("connected as idle"));
+    let signalled = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &client.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = client
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits on SIGTERM with stdin idle");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        signalled.elapsed()
+    );
+    let mut frames = Vec::new();
+    while let Ok(line) = got.recv_timeout(PATIENCE) {
+        if line == "EOF" {
+            break;
+        }
+        frames.push(line);
+    }
+    assert!(
+        frames.iter().any(|f| f.contains("\"type\":\"bye\"")),
+        "a bye before the close: {frames:?}"
+    );
+}
+
+/// With `--exit-on-eof`, a line that could not be sent makes the exit status 1.
+#[test]
+fn connect_exit_on_eof_fails_when_a_line_could_not_be_sent() {
+    let (_server, addr) = serve("127.0.0.1:0");
+    // No --subscribe: there is no room to publish the line to.
+    let mut client = Proc::spawn(
+        "client",
+        &["connect", &addr, "--user", "nobody", "--exit-on-eof"],
+    );
+    client.type_line("lost line");
+    drop(client.stdin.take());
+    let status = client
+        .wait_exit(PATIENCE)
+        .expect("exits at the end of stdin");
+    assert_eq!(status.code(), Some(1), "{status:?}");
+}

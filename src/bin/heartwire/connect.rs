@@ -14,12 +14,11 @@
 //! SIGINT or SIGTERM (or, with `--exit-on-eof`, until stdin ends and every queued line is
 //! acknowledged), through any number of server restarts.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
 
 use heartwire::client::{
@@ -237,15 +236,32 @@ pub fn run(args: ConnectArgs) -> ExitCode {
     })
 }
 
+/// Stdin lines, read on a thread of their own. tokio's stdin reads on the runtime's
+/// blocking pool, and a runtime does not finish shutting down while a read is blocked there:
+/// Ctrl-C would wait for the next Enter. A plain thread is not waited for at exit.
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if tx.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// Publishes stdin lines and runs commands. Returns only at EOF with `exit_on_eof`.
 async fn read_stdin(client: ClientHandle, mut rooms: Vec<String>, exit_on_eof: bool) -> ExitCode {
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = stdin_lines();
     let mut acks: Vec<actix_rt::task::JoinHandle<bool>> = Vec::new();
+    // A line refused at once (queue full, not a room) could not be sent either.
+    let mut refused = false;
     loop {
-        let line = match lines.next_line().await {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
-            Err(e) => {
+        let line = match lines.recv().await {
+            Some(Ok(line)) => line,
+            None => break,
+            Some(Err(e)) => {
                 status(format_args!("stdin: {e}"));
                 break;
             }
@@ -269,6 +285,7 @@ async fn read_stdin(client: ClientHandle, mut rooms: Vec<String>, exit_on_eof: b
             Line::Publish(data) => {
                 let Some(room) = rooms.first() else {
                     status(format_args!("no room to publish to: /join ROOM first"));
+                    refused = true;
                     continue;
                 };
                 match client.publish_queued(room, &data, None).await {
@@ -281,7 +298,10 @@ async fn read_stdin(client: ClientHandle, mut rooms: Vec<String>, exit_on_eof: b
                             }
                         }
                     })),
-                    Err(e) => status(format_args!("publish refused: {e}")),
+                    Err(e) => {
+                        status(format_args!("publish refused: {e}"));
+                        refused = true;
+                    }
                 }
             }
             Line::Send(to, data) => match client.send_queued(to, &data, None).await {
@@ -300,7 +320,10 @@ async fn read_stdin(client: ClientHandle, mut rooms: Vec<String>, exit_on_eof: b
                         }
                     }))
                 }
-                Err(e) => status(format_args!("send refused: {e}")),
+                Err(e) => {
+                    status(format_args!("send refused: {e}"));
+                    refused = true;
+                }
             },
         }
     }
@@ -308,7 +331,7 @@ async fn read_stdin(client: ClientHandle, mut rooms: Vec<String>, exit_on_eof: b
         // Keep receiving until a signal ends the process.
         std::future::pending::<()>().await;
     }
-    let mut ok = true;
+    let mut ok = !refused;
     for ack in acks {
         ok &= ack.await.unwrap_or(false);
     }
