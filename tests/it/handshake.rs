@@ -112,7 +112,9 @@ async fn silent_client_is_closed_inside_the_bound() {
         silence <= interval * 3 + Duration::from_millis(250),
         "closed too late: {silence:?}"
     );
-    assert!((2..=3).contains(&pings), "{pings} pings");
+    // Normally two pings; a tick delayed on a loaded machine may find the bound passed
+    // after one. The contract is the silence, not the count.
+    assert!((1..=3).contains(&pings), "{pings} pings");
 }
 
 /// Any frame proves liveness: a client that never answers pings but keeps talking stays.

@@ -3,6 +3,7 @@
 //! that the suite links once; `tests/churn.rs` measures memory and has a process of its own.
 
 mod common;
+mod dead_peers;
 
 #[cfg(feature = "cli")]
 mod bench_smoke;
