@@ -445,7 +445,16 @@ impl Client {
                     self.fetch(room, fetch, ctx);
                 }
             }
-            ServerFrame::Unsubscribed(room) => self.emit(ClientEvent::Unsubscribed { room }, ctx),
+            ServerFrame::Unsubscribed(u) => {
+                if u.reason.as_deref() == Some("resync") && self.rooms.position(&u.room).is_some() {
+                    // The server could not go on without a hole: resume from our position;
+                    // the answer's `recovered` tells (and a gap is reported) if anything is lost.
+                    tracing::info!(parent: &self.span, room = %u.room, "server asked to resync");
+                    self.send_subscribe(&u.room);
+                } else {
+                    self.emit(ClientEvent::Unsubscribed { room: u.room }, ctx);
+                }
+            }
             ServerFrame::Message(m) => {
                 if let Delivery::Deliver(events) = self.rooms.on_message(m) {
                     for event in events {

@@ -141,9 +141,14 @@ struct Seq {
     seq: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct Unsubscribed {
-    room: String,
+/// `unsubscribed`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Unsubscribed {
+    /// Room name.
+    pub room: String,
+    /// Why the server dropped the subscription on its own (`resync`), if it did.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// A parsed server frame.
@@ -158,7 +163,7 @@ pub enum ServerFrame {
     /// `subscribed`.
     Subscribed(Subscribed),
     /// `unsubscribed{room}`.
-    Unsubscribed(String),
+    Unsubscribed(Unsubscribed),
     /// `message`.
     Message(Message),
     /// `ack`.
@@ -204,7 +209,7 @@ impl ServerFrame {
             "ping" => ServerFrame::Ping(body::<Seq>(line)?.seq),
             "pong" => ServerFrame::Pong,
             "subscribed" => ServerFrame::Subscribed(body(line)?),
-            "unsubscribed" => ServerFrame::Unsubscribed(body::<Unsubscribed>(line)?.room),
+            "unsubscribed" => ServerFrame::Unsubscribed(body(line)?),
             "message" => ServerFrame::Message(body(line)?),
             "ack" => ServerFrame::Ack(body(line)?),
             "error" => ServerFrame::Error(body(line)?),

@@ -424,6 +424,9 @@ impl Session {
         if !self.within_rate() {
             return;
         }
+        // A registry that was replaced since this session last asked is joined before this
+        // frame is handled (frame handlers reach the registry too).
+        self.sync_registry(ctx);
         let parsed = Inbound::parse_limited(&line, &self.shared.names);
         self.shared.metrics.frame_in(&parsed, line.len());
         match parsed {

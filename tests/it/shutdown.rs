@@ -113,6 +113,7 @@ async fn stuck_client_does_not_hold_shutdown_beyond_drain_timeout() {
         shutdown_reconnect: base,
         drain_timeout,
         close_timeout: Duration::from_secs(60),
+        max_frame: 256 * 1024,
         outbound_budget: 64 * 1024 * 1024,
         heartbeat_interval: Duration::from_secs(120),
         ..config()

@@ -27,21 +27,15 @@ impl Handler<Boom> for Registry {
 /// Crashes the registry running now and waits until a fresh one answers.
 async fn crash_registry(server: &ServerHandle) -> Duration {
     let crashed = Instant::now();
-    server.registry().do_send(Boom);
-    // The old one is gone first; then a new one answers.
-    while server.registry().connected() && crashed.elapsed() < PATIENCE {
-        let before = server.registry();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        if !before.connected() {
-            break;
-        }
-    }
+    let old = server.registry();
+    old.do_send(Boom);
     loop {
-        if server.overview().await.is_ok() {
+        let fresh = server.registry();
+        if !old.connected() && fresh.connected() && server.overview().await.is_ok() {
             return crashed.elapsed();
         }
         assert!(crashed.elapsed() < PATIENCE, "no registry came back");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -107,9 +101,10 @@ async fn a_registry_panic_is_survived_without_a_gap_or_a_reconnect() {
         .contains("heartwire_registry_restarts_total 1"));
 }
 
+/// A session that sends nothing after the crash is told by the keeper (it was among the dead
+/// registry's sessions) and re-registers by itself.
 #[actix_rt::test]
-async fn sessions_that_wait_find_the_fresh_registry_at_their_next_tick() {
-    // Bob sends nothing after the crash: his heartbeat tick notices the new registry.
+async fn a_quiet_session_re_registers_by_itself() {
     let server = start(Config {
         heartbeat_interval: Duration::from_millis(200),
         ..config()
@@ -180,4 +175,96 @@ async fn a_panicking_session_is_counted_and_closes_alone() {
             .contains("heartwire_session_panics_total 1")
     })
     .await;
+}
+
+/// A server whose `stall` frame blocks the session's worker thread for a while, answering
+/// `stalled` (with the frame's id) afterwards: a session that is busy when the registry
+/// crashes, so that it re-registers only after the room moved on.
+fn stalling_server(config: Config) -> ServerHandle {
+    ServerBuilder::new(config)
+        .frame_handler(
+            "stall",
+            |session: &mut Session, _: &mut Context<Session>, frame: AppFrame| {
+                std::thread::sleep(Duration::from_millis(1500));
+                session.send_frame(&json!({"type": "stalled", "id": frame.id}));
+            },
+        )
+        .start()
+        .unwrap()
+}
+
+/// When the history no longer reaches back to what a session had been sent, re-registering
+/// drops the room with `unsubscribed{reason:"resync"}` instead of leaving a silent hole.
+#[actix_rt::test]
+async fn a_hole_history_cannot_fill_is_a_resync() {
+    let server = stalling_server(Config {
+        history_size: 2,
+        workers: 1,
+        ..config()
+    });
+    let addr = server.local_addr();
+    let (mut bob, _) = subscriber(addr, "bob", "r").await;
+    bob.send(json!({"type": "stall"})).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    crash_registry(&server).await;
+    // Bob's session is still busy: the room moves on past what history keeps.
+    for n in 1..=5 {
+        assert_eq!(server.publish("r", &n, None).await.unwrap(), n);
+    }
+    let mut frames = Vec::new();
+    loop {
+        let f = bob.recv_non_ping().await;
+        let done = f["type"] == "unsubscribed";
+        frames.push(f);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        frames.last().unwrap(),
+        &json!({"type": "unsubscribed", "room": "r", "reason": "resync"}),
+        "{frames:?}"
+    );
+    assert!(
+        frames.iter().all(|f| f["type"] != "message"),
+        "nothing with a hole before it: {frames:?}"
+    );
+}
+
+/// The client library resubscribes on `resync` with its position, reports the gap, and goes
+/// on receiving the room.
+#[cfg(feature = "client")]
+#[actix_rt::test]
+async fn the_client_resubscribes_on_resync_and_reports_the_gap() {
+    use crate::client_support::{client_config, connected, subscribed, wait_for};
+    use heartwire::client::{Client as HwClient, ClientEvent};
+    let server = stalling_server(Config {
+        history_size: 2,
+        workers: 1,
+        ..config()
+    });
+    let (client, mut events) = HwClient::start(client_config(server.local_addr(), "carol"));
+    connected(&mut events).await;
+    client.subscribe("r").await.unwrap();
+    subscribed(&mut events, "r").await;
+    let stalling = client.clone();
+    let stall = actix_rt::spawn(async move { stalling.request(json!({"type": "stall"})).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    crash_registry(&server).await;
+    for n in 1..=5 {
+        server.publish("r", &n, None).await.unwrap();
+    }
+    stall.await.unwrap().unwrap();
+    let ack = client.publish("r", &"six").await.unwrap();
+    assert_eq!(ack.seq, 6);
+    let (_, before) = wait_for(
+        &mut events,
+        "message 6",
+        |e| matches!(e, ClientEvent::Message(m) if m.seq == Some(6)),
+    )
+    .await;
+    assert!(
+        before.iter().any(|e| matches!(e, ClientEvent::Gap(_))),
+        "the lost messages are reported: {before:#?}"
+    );
 }
