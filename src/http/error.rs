@@ -13,7 +13,9 @@ use crate::server::HandleError;
 pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
-    /// Machine-readable code (`bad_request`, `unauthorized`, `not_found`, `unavailable`, …).
+    /// Machine-readable code (`bad_request`, `unauthorized`, `forbidden`, `not_found`,
+    /// `method_not_allowed`, `payload_too_large`, `unsupported_media_type`,
+    /// `misdirected_request`, `unavailable`).
     pub code: &'static str,
     /// What went wrong.
     pub message: String,

@@ -75,11 +75,11 @@ impl Http {
         (resp.status().as_u16(), parse(&body))
     }
 
-    /// Posts a body as it is, without a JSON content type.
-    async fn post_raw(&self, path: &str, body: &'static str) -> (u16, Value) {
+    /// Posts a body as it is, with `content_type`.
+    async fn post_raw(&self, path: &str, content_type: &str, body: &'static str) -> (u16, Value) {
         let mut resp = self
             .request(awc::http::Method::POST, path)
-            .insert_header(("content-type", "application/x-www-form-urlencoded"))
+            .insert_header(("content-type", content_type))
             .send_body(body)
             .await
             .expect("POST");
@@ -415,13 +415,35 @@ async fn rooms_room_details_presence_and_stats() {
 async fn bad_requests_get_json_errors_with_fitting_status() {
     let (_server, api) = start_http(http_config());
     let http = Http::new(&api);
-    let (status, body) = http.post_raw("/api/publish", "{not json").await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
-    // Like `curl -d`, without a JSON content type: still read as JSON.
     let (status, body) = http
-        .post_raw("/api/publish", r#"{"room":"r","data":1}"#)
+        .post_raw("/api/publish", "application/json", "{not json")
         .await;
-    assert_eq!((status, body), (200, json!({"seq": 1})));
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
+    // Like `curl -d`, without a JSON content type: refused, as a browser's form post would be
+    // (tests/it/http_security.rs has every type).
+    let (status, body) = http
+        .post_raw(
+            "/api/publish",
+            "application/x-www-form-urlencoded",
+            r#"{"room":"r","data":1}"#,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    let (status, body) = http
+        .post_raw(
+            "/api/publish",
+            "application/json; charset=utf-8",
+            r#"{"room":"r","data":1}"#,
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"seq": 1})),
+        "the first publish"
+    );
     let big = json!({"room": "r", "data": "x".repeat(70_000)});
     let (status, body) = http.post("/api/publish", big).await;
     assert_eq!(

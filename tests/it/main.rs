@@ -34,6 +34,8 @@ mod handshake;
 mod hostile;
 #[cfg(feature = "http")]
 mod http_api;
+#[cfg(feature = "http")]
+mod http_security;
 mod names;
 mod presence;
 mod robustness;
