@@ -171,12 +171,13 @@ fn net_pair() -> Option<NetPair> {
 async fn peer(
     stream: std::net::TcpStream,
     user: String,
+    room: &'static str,
     leaves: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 ) {
     let stream = tokio::net::TcpStream::from_std(stream).unwrap();
     let (read, mut write) = stream.into_split();
     let hello = json!({"type": "hello", "user": user});
-    let subscribe = json!({"type": "subscribe", "room": "doomed"});
+    let subscribe = json!({"type": "subscribe", "room": room});
     write
         .write_all(format!("{hello}\n{subscribe}\n").as_bytes())
         .await
@@ -238,9 +239,9 @@ async fn dead_peers_are_gone_within_the_heartbeat_bound() {
     let (leaves_tx, mut leaves) = tokio::sync::mpsc::unbounded_channel();
     let watcher = std::net::TcpStream::connect(addr).unwrap();
     watcher.set_nonblocking(true).unwrap();
-    actix_rt::spawn(peer(watcher, "watcher".into(), Some(leaves_tx)));
+    actix_rt::spawn(peer(watcher, "watcher".into(), "doomed", Some(leaves_tx)));
     for (i, stream) in pair.connect(PEERS, addr).into_iter().enumerate() {
-        actix_rt::spawn(peer(stream, format!("peer{i}"), None));
+        actix_rt::spawn(peer(stream, format!("peer{i}"), "doomed", None));
     }
     let until = Instant::now() + PATIENCE;
     while members(&server, "doomed").await < PEERS + 1 {
@@ -306,7 +307,15 @@ async fn a_slow_consumer_leaves_its_rooms_at_once() {
     slow.send(json!({"type": "subscribe", "room": "flood"}))
         .await;
     slow.recv_type("subscribed").await;
-    let (_fast, _) = subscriber(addr, "fast", "flood").await;
+    // A subscriber that reads everything, on this side.
+    let fast = std::net::TcpStream::connect(addr).unwrap();
+    fast.set_nonblocking(true).unwrap();
+    actix_rt::spawn(peer(fast, "fast".into(), "flood", None));
+    let until = Instant::now() + PATIENCE;
+    while members(&server, "flood").await < 2 {
+        assert!(Instant::now() < until, "fast did not subscribe");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let pad = "y".repeat(4000);
     let started = Instant::now();
     let mut published = 0;

@@ -233,23 +233,35 @@ async fn line_of_exactly_max_frame_bytes_is_accepted() {
     c.send_raw(&[ping_of_len(8, MAX_FRAME), b"\r\n".to_vec()].concat())
         .await;
     assert_eq!(c.recv_non_ping().await, json!({"type": "pong", "seq": 8}));
-    // A maximal publish is delivered.
-    let base = json!({"type": "publish", "room": "r", "data": "", "id": "big"})
-        .to_string()
-        .len();
-    let data = "d".repeat(MAX_FRAME - base);
-    let frame = json!({"type": "publish", "room": "r", "data": data, "id": "big"}).to_string();
-    assert_eq!(frame.len(), MAX_FRAME);
+    // A publish whose `message` is exactly `max_frame` long (with the largest seq the server
+    // reserves room for) is delivered; one byte more is refused, as the server never sends
+    // a frame over the limit it announced.
+    let message = |data: &str| {
+        json!({"type": "message", "room": "r", "seq": u64::MAX, "from": "u", "data": data, "id": "big"})
+            .to_string()
+    };
+    let data = "d".repeat(MAX_FRAME - message("").len());
+    assert_eq!(message(&data).len(), MAX_FRAME);
     c.send(json!({"type": "subscribe", "room": "r"})).await;
     c.recv_type("subscribed").await;
-    c.send_raw(format!("{frame}\n").as_bytes()).await;
+    c.send(json!({"type": "publish", "room": "r", "data": data, "id": "big"}))
+        .await;
     let frames = [c.recv_non_ping().await, c.recv_non_ping().await];
-    let message = frames
+    let delivered = frames
         .iter()
         .find(|f| f["type"] == "message")
         .unwrap_or_else(|| panic!("{frames:?}"));
-    assert_eq!(message["data"], data.as_str());
+    assert_eq!(delivered["data"], data.as_str());
     assert!(frames.iter().any(|f| f["type"] == "ack"), "{frames:?}");
+    let over = format!("{data}d");
+    c.send(json!({"type": "publish", "room": "r", "data": over, "id": "over"}))
+        .await;
+    let refused = c.recv_non_ping().await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["id"].as_str()),
+        (Some("bad_request"), Some("over")),
+        "{refused}"
+    );
     assert_usable(&mut c, 9).await;
 }
 

@@ -22,8 +22,8 @@ pub struct ServeArgs {
     /// TOML file with any of the settings below. Server-wide settings are top-level keys named
     /// like their flag with `_` for `-` (`heartbeat_interval = "15s"`); the others sit in tables:
     /// `--tcp-*` in `[tcp]` (`user_timeout`), `--jwt-*` in `[auth]`, `--tls-*` in `[tls]`, the
-    /// limits (`--max-connections` … `--max-connection-age`) in `[limits]`, `--http` and
-    /// `--api-key` in `[http]` (`listen`, `api_key`). README lists every key.
+    /// limits (`--max-connections` … `--max-connection-age`) in `[limits]`, the `--http*` and
+    /// `--api-key*` flags in `[http]` (`listen`, `api_keys`, `tls`, ...). README lists every key.
     #[arg(long, env = "HEARTWIRE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on; port 0 picks a free port [default: 0.0.0.0:7700].
