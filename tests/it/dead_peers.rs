@@ -19,7 +19,7 @@ use heartwire::{Config, LimitsConfig, ServerHandle, TcpConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::common::{config, start, subscriber, RawClient, PATIENCE};
+use crate::common::{config, start, RawClient, PATIENCE};
 
 /// A network namespace with a veth pair into it; removed when dropped.
 struct NetPair {
