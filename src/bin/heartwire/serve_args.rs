@@ -66,6 +66,13 @@ pub struct ServeArgs {
     /// Longest graceful shutdown [default: 10s].
     #[arg(long, env = "HEARTWIRE_DRAIN_TIMEOUT", value_name = "DUR", value_parser = duration)]
     pub drain_timeout: Option<Duration>,
+    /// Registry crashes survived within --registry-restart-window; one more stops the server
+    /// [default: 5].
+    #[arg(long, env = "HEARTWIRE_MAX_REGISTRY_RESTARTS", value_name = "N")]
+    pub max_registry_restarts: Option<u32>,
+    /// The window of --max-registry-restarts [default: 10s].
+    #[arg(long, env = "HEARTWIRE_REGISTRY_RESTART_WINDOW", value_name = "DUR", value_parser = duration)]
+    pub registry_restart_window: Option<Duration>,
     /// Base of the jittered `reconnect_ms` hint sent on shutdown [default: 1s].
     #[arg(long, env = "HEARTWIRE_SHUTDOWN_RECONNECT", value_name = "DUR", value_parser = duration)]
     pub shutdown_reconnect: Option<Duration>,
@@ -164,6 +171,8 @@ impl ServeArgs {
             history_ttl,
             sweep_interval,
             drain_timeout,
+            max_registry_restarts,
+            registry_restart_window,
             shutdown_reconnect,
             backlog
         );
