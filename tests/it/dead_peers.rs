@@ -330,7 +330,7 @@ async fn a_slow_consumer_leaves_its_rooms_at_once() {
             .await
             .unwrap();
         published += 1;
-        if published % 8 == 0 {
+        if published.is_multiple_of(8) {
             // Let the reading neighbour keep up on a loaded machine.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
