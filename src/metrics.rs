@@ -196,6 +196,8 @@ pub struct Metrics {
     sweep_rooms: Counter,
     registry_restarts: Counter,
     session_panics: Counter,
+    room_fills: Counter,
+    room_resyncs: Counter,
     limits: Handles,
     connections: Gauge,
     identified: Gauge,
@@ -326,6 +328,16 @@ impl Metrics {
             "session_panics",
             "Sessions that ended by a panic in one of their handlers",
         );
+        let room_fills = counter(
+            &mut r,
+            "room_fills",
+            "Holes in a room's stream that this node read back from history",
+        );
+        let room_resyncs = counter(
+            &mut r,
+            "room_resyncs",
+            "Rooms whose subscribers were told to resync (a hole history could not fill)",
+        );
         let limits = family(
             &mut r,
             "limit_hits",
@@ -368,6 +380,8 @@ impl Metrics {
             sweep_rooms,
             registry_restarts,
             session_panics,
+            room_fills,
+            room_resyncs,
             limits,
             connections,
             identified,
@@ -466,6 +480,16 @@ impl Metrics {
     /// The registry crashed and was replaced.
     pub(crate) fn registry_restarted(&self) {
         self.registry_restarts.inc();
+    }
+
+    /// A hole in a room's stream was read back from history.
+    pub(crate) fn room_filled(&self) {
+        self.room_fills.inc();
+    }
+
+    /// A room's subscribers were told to resync.
+    pub(crate) fn room_resynced(&self) {
+        self.room_resyncs.inc();
     }
 
     /// A session ended by a panic.

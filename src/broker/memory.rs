@@ -1,18 +1,32 @@
-//! [`MemoryBroker`]: the embedded default. Each room's stream lives in this process: a
-//! bounded history (by count and by age) for `since` recovery, and the ids still in it for
-//! publish dedupe. Every call answers at once.
+//! [`MemoryBroker`]: the embedded default, for one node. Each room's stream lives in this
+//! process: a bounded history (by count and by age) for `since` recovery, and the ids still in
+//! it for publish dedupe; presence and the user index are plain maps. Every call answers at
+//! once, and publications and presence events come back through the same kind of inbound
+//! stream a shared store provides, so the registry has one code path for both.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::ready;
+use futures_util::stream::LocalBoxStream;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
 
-use super::{Broker, BrokerFuture, HistoryTotals, PublishRequest, Published, Replay, RoomStream};
-use crate::names::{FrameId, UserName};
+use super::{
+    Broker, BrokerError, BrokerEvent, BrokerFuture, History, HistoryTotals, PublishRequest,
+    Published, RoomStream,
+};
+use crate::names::{FrameId, RoomName, UserName};
+use crate::protocol::ByeReason;
 use crate::protocol::Outbound;
+
+/// Inbound events that may wait for the registry. The registry reads them between its
+/// messages, so the queue stays short; a publish that finds it full is refused as
+/// unavailable rather than queued without bound.
+const EVENT_QUEUE: usize = 64 * 1024;
 
 /// Limits of a room's history.
 #[derive(Debug, Clone, Copy)]
@@ -27,7 +41,12 @@ pub struct HistoryLimits {
 #[derive(Debug)]
 pub struct MemoryBroker {
     limits: HistoryLimits,
-    rooms: RefCell<HashMap<Arc<str>, RoomLog>>,
+    rooms: RefCell<HashMap<RoomName, RoomLog>>,
+    /// Room → user → the sessions (members) of that user in the room.
+    presence: RefCell<HashMap<RoomName, HashMap<UserName, HashSet<String>>>>,
+    /// User → its sessions, for `max_sessions_per_user`.
+    sessions: RefCell<HashMap<UserName, HashSet<String>>>,
+    events: RefCell<Option<mpsc::Sender<BrokerEvent>>>,
 }
 
 /// A publish id is unique per publishing user (server pushes have their own namespace).
@@ -40,9 +59,9 @@ struct RoomLog {
     history: VecDeque<Entry>,
     /// `(user, id)` → seq, for the ids still in `history`.
     dedupe: HashMap<DedupeKey, u64>,
-    /// Local subscribers may exist: the stream must not restart.
-    in_use: bool,
-    /// When the last local subscriber left. The stream (seq and epoch) is kept for the
+    /// The node receives the room's publications: the stream must not restart.
+    subscribed: bool,
+    /// When the node stopped receiving it. The stream (seq and epoch) is kept for the
     /// history TTL after that, so a client resuming a quiet room is not told of a false gap.
     released_at: Option<Instant>,
 }
@@ -62,13 +81,13 @@ impl RoomLog {
             seq: 0,
             history: VecDeque::new(),
             dedupe: HashMap::new(),
-            in_use: false,
+            subscribed: false,
             released_at: Some(Instant::now()),
         }
     }
 
     fn forgettable(&self, limits: HistoryLimits, now: Instant) -> bool {
-        !self.in_use
+        !self.subscribed
             && self.history.is_empty()
             && self
                 .released_at
@@ -87,6 +106,30 @@ impl RoomLog {
             }
         }
     }
+
+    fn history(&self, since: Option<u64>, epoch: Option<&str>) -> History {
+        let mut history = History {
+            epoch: self.epoch.clone(),
+            top: self.seq,
+            entries: Vec::new(),
+            complete: false,
+        };
+        let Some(since) = since else {
+            return history;
+        };
+        if epoch.is_some_and(|e| e != &*self.epoch) || since > self.seq {
+            return history;
+        }
+        let first_kept = self.history.front().map_or(self.seq + 1, |e| e.seq);
+        history.entries = self
+            .history
+            .iter()
+            .filter(|e| e.seq > since)
+            .map(|e| (e.seq, e.frame.clone()))
+            .collect();
+        history.complete = first_kept <= since + 1;
+        history
+    }
 }
 
 impl MemoryBroker {
@@ -95,30 +138,44 @@ impl MemoryBroker {
         MemoryBroker {
             limits,
             rooms: RefCell::new(HashMap::new()),
+            presence: RefCell::new(HashMap::new()),
+            sessions: RefCell::new(HashMap::new()),
+            events: RefCell::new(None),
         }
     }
 
-    fn publish_now(&self, req: PublishRequest) -> Published {
+    /// Queues an event for the registry, if one listens. Only publishes can find the queue
+    /// full (they reserve first); presence events are at most one per subscribe.
+    fn emit(&self, event: BrokerEvent) {
+        if let Some(tx) = self.events.borrow().as_ref() {
+            let _ = tx.try_send(event);
+        }
+    }
+
+    fn publish_now(&self, req: PublishRequest) -> Result<Published, BrokerError> {
+        let events = self.events.borrow();
+        // Reserve the event's place first: a publish is either sequenced and delivered, or
+        // refused with nothing sequenced.
+        let permit = match events.as_ref().map(mpsc::Sender::try_reserve) {
+            Some(Ok(permit)) => Some(permit),
+            Some(Err(_)) => {
+                return Err(BrokerError::Unavailable(
+                    "the node's inbound queue is full".into(),
+                ))
+            }
+            None => None,
+        };
         let now = Instant::now();
         let mut rooms = self.rooms.borrow_mut();
-        let log = rooms
-            .entry(req.room.as_arc().clone())
-            .or_insert_with(RoomLog::new);
+        let log = rooms.entry(req.room.clone()).or_insert_with(RoomLog::new);
         log.expire(self.limits, now);
         let key = req.id.clone().map(|id| (req.from.clone(), id));
         if let Some(seq) = key.as_ref().and_then(|k| log.dedupe.get(k)) {
-            let seq = *seq;
-            let frame = log
-                .history
-                .iter()
-                .find(|e| e.seq == seq)
-                .map(|e| e.frame.clone())
-                .unwrap_or_default();
-            return Published {
-                seq,
-                frame,
+            return Ok(Published {
+                seq: *seq,
+                epoch: log.epoch.clone(),
                 duplicate: true,
-            };
+            });
         }
         log.seq += 1;
         let seq = log.seq;
@@ -142,61 +199,58 @@ impl MemoryBroker {
             });
             log.expire(self.limits, now);
         }
-        Published {
+        if let Some(permit) = permit.filter(|_| log.subscribed) {
+            permit.send(BrokerEvent::Publication {
+                room: req.room,
+                seq,
+                epoch: log.epoch.clone(),
+                frame,
+            });
+        }
+        Ok(Published {
             seq,
-            frame,
-            duplicate: false,
-        }
-    }
-
-    fn replay_now(&self, room: &str, since: Option<u64>, epoch: Option<&str>) -> Replay {
-        let mut rooms = self.rooms.borrow_mut();
-        let log = match rooms.get_mut(room) {
-            Some(log) => log,
-            None => rooms.entry(Arc::from(room)).or_insert_with(RoomLog::new),
-        };
-        log.in_use = true;
-        log.released_at = None;
-        log.expire(self.limits, Instant::now());
-        let mut replay = Replay {
-            seq: log.seq,
             epoch: log.epoch.clone(),
-            frames: Vec::new(),
-            recovered: None,
-        };
-        let Some(since) = since else {
-            return replay;
-        };
-        if epoch.is_some_and(|e| e != &*log.epoch) || since > log.seq {
-            replay.recovered = Some(false);
-            return replay;
-        }
-        let first_kept = log.history.front().map_or(log.seq + 1, |e| e.seq);
-        replay.frames = log
-            .history
-            .iter()
-            .filter(|e| e.seq > since)
-            .map(|e| e.frame.clone())
-            .collect();
-        replay.recovered = Some(first_kept <= since + 1);
-        replay
+            duplicate: false,
+        })
     }
 }
 
 impl Broker for MemoryBroker {
+    fn events(&self) -> LocalBoxStream<'static, BrokerEvent> {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        *self.events.borrow_mut() = Some(tx);
+        tokio_stream_from(rx)
+    }
+
     fn publish(&self, request: PublishRequest) -> BrokerFuture<Published> {
-        Box::pin(ready(Ok(self.publish_now(request))))
+        Box::pin(ready(self.publish_now(request)))
     }
 
-    fn replay(&self, room: &str, since: Option<u64>, epoch: Option<&str>) -> BrokerFuture<Replay> {
-        Box::pin(ready(Ok(self.replay_now(room, since, epoch))))
+    fn history(
+        &self,
+        room: &RoomName,
+        since: Option<u64>,
+        epoch: Option<&str>,
+    ) -> BrokerFuture<History> {
+        let mut rooms = self.rooms.borrow_mut();
+        let log = rooms.entry(room.clone()).or_insert_with(RoomLog::new);
+        log.expire(self.limits, Instant::now());
+        Box::pin(ready(Ok(log.history(since, epoch))))
     }
 
-    fn release(&self, room: &str) {
+    fn subscribe_room(&self, room: &RoomName) -> BrokerFuture<()> {
+        let mut rooms = self.rooms.borrow_mut();
+        let log = rooms.entry(room.clone()).or_insert_with(RoomLog::new);
+        log.subscribed = true;
+        log.released_at = None;
+        Box::pin(ready(Ok(())))
+    }
+
+    fn unsubscribe_room(&self, room: &RoomName) {
         let now = Instant::now();
         let mut rooms = self.rooms.borrow_mut();
         if let Some(log) = rooms.get_mut(room) {
-            log.in_use = false;
+            log.subscribed = false;
             log.released_at = Some(now);
             if log.forgettable(self.limits, now) {
                 rooms.remove(room);
@@ -204,7 +258,97 @@ impl Broker for MemoryBroker {
         }
     }
 
-    fn room_stream(&self, room: &str) -> BrokerFuture<Option<RoomStream>> {
+    fn subscribe_user(&self, _: &UserName) -> BrokerFuture<()> {
+        Box::pin(ready(Ok(())))
+    }
+
+    fn unsubscribe_user(&self, _: &UserName) {}
+
+    fn send_to_others(&self, _: &UserName, _: Bytes) -> BrokerFuture<usize> {
+        Box::pin(ready(Ok(0)))
+    }
+
+    fn kick_others(&self, _: &UserName, _: ByeReason) -> BrokerFuture<usize> {
+        Box::pin(ready(Ok(0)))
+    }
+
+    fn kick_session_others(&self, _: &str, _: ByeReason) -> BrokerFuture<()> {
+        Box::pin(ready(Ok(())))
+    }
+
+    fn presence_add(&self, room: &RoomName, user: &UserName, member: &str) -> BrokerFuture<()> {
+        let mut presence = self.presence.borrow_mut();
+        let members = presence
+            .entry(room.clone())
+            .or_default()
+            .entry(user.clone())
+            .or_default();
+        let first = members.is_empty();
+        members.insert(member.to_owned());
+        drop(presence);
+        if first {
+            self.emit(BrokerEvent::Joined {
+                room: room.clone(),
+                user: user.clone(),
+            });
+        }
+        Box::pin(ready(Ok(())))
+    }
+
+    fn presence_remove(&self, room: &RoomName, user: &UserName, member: &str) -> BrokerFuture<()> {
+        let mut presence = self.presence.borrow_mut();
+        let Some(users) = presence.get_mut(room) else {
+            return Box::pin(ready(Ok(())));
+        };
+        let last = users
+            .get_mut(user)
+            .is_some_and(|members| members.remove(member) && members.is_empty());
+        if last {
+            users.remove(user);
+            if users.is_empty() {
+                presence.remove(room);
+            }
+            drop(presence);
+            self.emit(BrokerEvent::Left {
+                room: room.clone(),
+                user: user.clone(),
+            });
+        }
+        Box::pin(ready(Ok(())))
+    }
+
+    fn presence(&self, room: &RoomName) -> BrokerFuture<Vec<UserName>> {
+        let mut users: Vec<UserName> = self
+            .presence
+            .borrow()
+            .get(room)
+            .map(|users| users.keys().cloned().collect())
+            .unwrap_or_default();
+        users.sort_unstable();
+        Box::pin(ready(Ok(users)))
+    }
+
+    fn claim_session(&self, user: &UserName, member: &str, max: usize) -> BrokerFuture<bool> {
+        let mut sessions = self.sessions.borrow_mut();
+        let mine = sessions.entry(user.clone()).or_default();
+        let claimed = max == 0 || mine.len() < max || mine.contains(member);
+        if claimed {
+            mine.insert(member.to_owned());
+        }
+        Box::pin(ready(Ok(claimed)))
+    }
+
+    fn release_session(&self, user: &UserName, member: &str) {
+        let mut sessions = self.sessions.borrow_mut();
+        if let Some(mine) = sessions.get_mut(user) {
+            mine.remove(member);
+            if mine.is_empty() {
+                sessions.remove(user);
+            }
+        }
+    }
+
+    fn room_stream(&self, room: &RoomName) -> BrokerFuture<Option<RoomStream>> {
         let stream = self.rooms.borrow().get(room).map(|log| RoomStream {
             seq: log.seq,
             epoch: log.epoch.clone(),
@@ -232,6 +376,11 @@ impl Broker for MemoryBroker {
     }
 }
 
+/// A receiver as a stream.
+fn tokio_stream_from(mut rx: mpsc::Receiver<BrokerEvent>) -> LocalBoxStream<'static, BrokerEvent> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed_local()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,7 +388,7 @@ mod tests {
 
     fn req(room: &str, from: &str, id: Option<&str>, data: &str) -> PublishRequest {
         PublishRequest {
-            room: crate::names::RoomName::checked(room),
+            room: RoomName::checked(room),
             from: Some(UserName::checked(from)),
             data: RawValue::from_string(data.to_owned()).unwrap(),
             id: id.map(FrameId::checked),
@@ -253,13 +402,22 @@ mod tests {
         })
     }
 
+    fn room(name: &str) -> RoomName {
+        RoomName::checked(name)
+    }
+
+    fn history(b: &MemoryBroker, r: &str, since: Option<u64>, epoch: Option<&str>) -> History {
+        let rooms = b.rooms.borrow();
+        rooms.get(r).unwrap().history(since, epoch)
+    }
+
     #[test]
     fn rooms_nobody_subscribes_to_are_forgotten_with_their_history() {
         let b = MemoryBroker::new(HistoryLimits {
             size: 10,
             ttl: Duration::ZERO,
         });
-        b.publish_now(req("lonely", "a", None, "1"));
+        b.publish_now(req("lonely", "a", None, "1")).unwrap();
         std::thread::sleep(Duration::from_millis(2));
         b.maintain();
         assert!(b.rooms.borrow().is_empty());
@@ -268,60 +426,85 @@ mod tests {
     #[test]
     fn sequences_gaplessly_and_dedupes_per_user() {
         let b = broker(10);
-        assert_eq!(b.publish_now(req("r", "a", Some("1"), "1")).seq, 1);
-        assert_eq!(b.publish_now(req("r", "a", None, "2")).seq, 2);
-        let dup = b.publish_now(req("r", "a", Some("1"), "1"));
+        let seq = |p: Result<Published, BrokerError>| p.unwrap();
+        assert_eq!(seq(b.publish_now(req("r", "a", Some("1"), "1"))).seq, 1);
+        assert_eq!(seq(b.publish_now(req("r", "a", None, "2"))).seq, 2);
+        let dup = seq(b.publish_now(req("r", "a", Some("1"), "1")));
         assert!(dup.duplicate);
         assert_eq!(dup.seq, 1);
         // the same id from another user is another message
-        assert_eq!(b.publish_now(req("r", "b", Some("1"), "3")).seq, 3);
-        assert_eq!(b.publish_now(req("other", "a", Some("1"), "1")).seq, 1);
+        assert_eq!(seq(b.publish_now(req("r", "b", Some("1"), "3"))).seq, 3);
+        assert_eq!(seq(b.publish_now(req("other", "a", Some("1"), "1"))).seq, 1);
     }
 
     #[test]
-    fn replay_reports_recovery_and_epoch_changes() {
+    fn history_reports_completeness_and_epoch_changes() {
         let b = broker(3);
         for i in 0..5 {
-            b.publish_now(req("r", "a", None, &i.to_string()));
+            b.publish_now(req("r", "a", None, &i.to_string())).unwrap();
         }
-        let full = b.replay_now("r", None, None);
-        assert_eq!((full.seq, full.frames.len(), full.recovered), (5, 0, None));
-        let recent = b.replay_now("r", Some(3), Some(&full.epoch));
-        assert_eq!((recent.frames.len(), recent.recovered), (2, Some(true)));
-        let old = b.replay_now("r", Some(0), None);
-        assert_eq!((old.frames.len(), old.recovered), (3, Some(false)));
-        let other_epoch = b.replay_now("r", Some(3), Some("nope"));
+        let full = history(&b, "r", None, None);
+        assert_eq!((full.top, full.entries.len()), (5, 0));
+        let recent = history(&b, "r", Some(3), Some(&full.epoch));
+        assert_eq!((recent.entries.len(), recent.complete), (2, true));
+        assert_eq!(recent.entries[0].0, 4);
+        let old = history(&b, "r", Some(0), None);
+        assert_eq!((old.entries.len(), old.complete), (3, false));
+        let other_epoch = history(&b, "r", Some(3), Some("nope"));
         assert_eq!(
-            (other_epoch.frames.len(), other_epoch.recovered),
-            (0, Some(false))
+            (other_epoch.entries.len(), other_epoch.complete),
+            (0, false)
         );
-        let current = b.replay_now("r", Some(5), None);
-        assert_eq!((current.frames.len(), current.recovered), (0, Some(true)));
+        let current = history(&b, "r", Some(5), None);
+        assert_eq!((current.entries.len(), current.complete), (0, true));
     }
 
     #[test]
     fn released_rooms_keep_their_stream_for_the_ttl_then_restart() {
         let b = broker(0);
-        b.publish_now(req("r", "a", None, "1"));
-        let before = b.replay_now("r", None, None);
-        b.release("r");
+        b.publish_now(req("r", "a", None, "1")).unwrap();
+        let before = history(&b, "r", None, None);
+        b.unsubscribe_room(&room("r"));
         b.maintain();
-        let kept = b.replay_now("r", Some(1), Some(&before.epoch));
+        let kept = history(&b, "r", Some(1), Some(&before.epoch));
         assert_eq!(
-            (kept.seq, kept.recovered),
-            (1, Some(true)),
+            (kept.top, kept.complete),
+            (1, true),
             "a quiet room resumes without a gap"
         );
-        b.release("r");
         let quick = MemoryBroker::new(HistoryLimits {
             size: 0,
             ttl: Duration::ZERO,
         });
-        quick.publish_now(req("r", "a", None, "1"));
-        let before = quick.replay_now("r", None, None);
-        quick.release("r");
-        let after = quick.replay_now("r", None, None);
-        assert_eq!(after.seq, 0);
+        quick.publish_now(req("r", "a", None, "1")).unwrap();
+        let before = history(&quick, "r", None, None);
+        quick.unsubscribe_room(&room("r"));
+        drop(quick.history(&room("r"), None, None));
+        let after = history(&quick, "r", None, None);
+        assert_eq!(after.top, 0);
         assert_ne!(before.epoch, after.epoch);
+    }
+
+    #[test]
+    fn presence_events_follow_users_not_sessions() {
+        let b = broker(1);
+        let mut events = b.events();
+        let r = room("r");
+        let alice = UserName::checked("alice");
+        drop(b.presence_add(&r, &alice, "s1"));
+        drop(b.presence_add(&r, &alice, "s2"));
+        drop(b.presence_remove(&r, &alice, "s1"));
+        drop(b.presence_remove(&r, &alice, "s2"));
+        let got: Vec<String> = std::iter::from_fn(|| {
+            futures_util::FutureExt::now_or_never(events.next())
+                .flatten()
+                .map(|e| format!("{e:?}"))
+        })
+        .collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            got[0].starts_with("Joined") && got[1].starts_with("Left"),
+            "{got:?}"
+        );
     }
 }

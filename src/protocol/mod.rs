@@ -36,6 +36,9 @@ pub enum ErrorCode {
     UnknownType,
     /// The server failed; the client did nothing wrong.
     Internal,
+    /// Extension: the server could not reach its message store; nothing was done, and
+    /// resending the same frame (same `id`) later is safe.
+    Unavailable,
 }
 
 /// `bye.reason` values.

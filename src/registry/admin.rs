@@ -210,7 +210,7 @@ impl Handler<ListRooms> for Registry {
             .iter()
             .map(|room| RoomSummary {
                 room: (*room).clone(),
-                members: self.rooms.get(*room).map_or(0, |m| m.len()),
+                members: self.rooms.get(*room).map_or(0, |r| r.members.len()),
                 users: self.users_in(room).len(),
             })
             .collect();
@@ -349,10 +349,24 @@ pub(crate) struct KickSession {
 impl Handler<KickSession> for Registry {
     type Result = usize;
 
+    /// 1 when the session is on this node; otherwise the other nodes are asked to close it
+    /// and the answer is 0 (its node is not known here).
     fn handle(&mut self, msg: KickSession, _: &mut Self::Context) -> usize {
-        self.find_session(&msg.session)
+        let here = self.kick_session_local(&msg.session, msg.reason);
+        if here == 0 {
+            let call = self.broker.kick_session_others(&msg.session, msg.reason);
+            self.spawn_broker_call(call, "kick session");
+        }
+        here
+    }
+}
+
+impl Registry {
+    /// Closes the session its client knows as `session`, if it is on this node.
+    pub(super) fn kick_session_local(&self, session: &str, reason: ByeReason) -> usize {
+        self.find_session(session)
             .and_then(|id| self.sessions.get(&id))
-            .filter(|e| e.outbox.close(msg.reason, None))
+            .filter(|e| e.outbox.close(reason, None))
             .map_or(0, |_| 1)
     }
 }

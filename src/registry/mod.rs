@@ -1,5 +1,5 @@
-//! The registry actor: who is connected, which user each session belongs to, who is in
-//! which room, and the fan-out of room and direct messages.
+//! The registry actor: who is connected to this node, which user each session belongs to,
+//! who is in which room, and the fan-out of what the broker delivers to them.
 //!
 //! Sessions talk to the registry with awaited `send`s (never `do_send`, which ignores the
 //! mailbox bound), one at a time per session, so a flooding client is slowed at its own
@@ -8,14 +8,18 @@
 //! into one queue in the order the registry produced them, which is what makes a room's
 //! `seq` gapless on every subscriber.
 //!
+//! Room messages, presence events, and direct messages and kicks from other nodes arrive on
+//! the broker's inbound stream (see [`crate::broker`]); the registry never waits for the
+//! store: broker calls are spawned and each room keeps its own order ([`room`]).
+//!
 //! The registry runs under [`actix::Supervisor`] and a keeper ([`keeper`]) that replaces it
-//! after a panic; the state that must survive it (room streams) lives in the broker, and each
-//! session re-registers with what it owns. Membership of a room carries a [`RoomCursor`]
-//! shared with the session: the last `seq` queued for it, which is where a re-registering
-//! session resumes. The registry does not rely on sessions to unregister either: a session
-//! whose actor is gone without a `Disconnect` (a panic in a handler may skip its hooks,
-//! depending on how the actor is torn down) leaves a closed mailbox, which a periodic sweep
-//! finds with `Addr::connected` and removes with its room memberships.
+//! after a panic; the state that must survive it (room streams, presence) lives in the
+//! broker, and each session re-registers with what it owns. Membership of a room carries a
+//! [`RoomCursor`] shared with the session: the last `seq` queued for it, which is where a
+//! re-registering session resumes. The registry does not rely on sessions to unregister
+//! either: a session whose actor is gone without a `Disconnect` (a panic in a handler may
+//! skip its hooks, depending on how the actor is torn down) leaves a closed mailbox, which a
+//! periodic sweep finds with `Addr::connected` and removes with its room memberships.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -26,10 +30,13 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use futures_util::future::LocalBoxFuture;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use crate::broker::{Broker, BrokerError, PublishRequest};
+use self::keeper::Orphans;
+use self::room::{Joiner, Room};
+use crate::broker::{Broker, BrokerError, BrokerEvent, PublishRequest};
 use crate::metrics::{Limit, Metrics};
 use crate::names::{FrameId, RoomName, UserName};
 use crate::outbox::Outbox;
@@ -39,8 +46,7 @@ use crate::session::{Session, SessionGauge};
 pub(crate) mod admin;
 pub(crate) mod keeper;
 pub(crate) mod presence;
-
-use self::keeper::Orphans;
+mod room;
 
 /// Identifies a session within one server process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,11 +85,12 @@ impl RoomCursor {
     }
 }
 
-/// A session in a room: where to queue, and how far it got.
+/// A session in a room: where to queue, how far it got, and who it is.
 #[derive(Debug)]
 struct Member {
     outbox: Arc<Outbox>,
     cursor: Arc<RoomCursor>,
+    user: Option<UserName>,
 }
 
 /// What the registry keeps per connection.
@@ -124,7 +131,7 @@ pub struct Registry {
     sweep_interval: std::time::Duration,
     sessions: HashMap<SessionId, Entry>,
     users: HashMap<UserName, HashSet<SessionId>>,
-    rooms: HashMap<RoomName, HashMap<SessionId, Member>>,
+    rooms: HashMap<RoomName, Room>,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
     metrics: Arc<Metrics>,
@@ -190,7 +197,7 @@ impl Registry {
         self.rooms
             .get(room)
             .into_iter()
-            .flat_map(|m| m.keys())
+            .flat_map(|r| r.members.keys())
             .copied()
     }
 
@@ -201,12 +208,13 @@ impl Registry {
 
     /// Queues an encoded frame on every session subscribed to `room` but `except`; returns
     /// how many took it. The frame is not sequenced or kept in history: for events such as
-    /// "typing" or presence, not for messages a client must not miss.
+    /// "typing" or presence, not for messages a client must not miss. Only this node's
+    /// sessions get it.
     pub fn push_to_room(&self, room: &str, frame: &Bytes, except: Option<SessionId>) -> usize {
-        let Some(members) = self.rooms.get(room) else {
+        let Some(room) = self.rooms.get(room) else {
             return 0;
         };
-        members
+        room.members
             .iter()
             .filter(|(id, _)| Some(**id) != except)
             .filter(|(_, m)| m.outbox.push(frame.clone()))
@@ -224,7 +232,8 @@ impl Registry {
         self.sessions.get(&id).is_some_and(|e| e.outbox.push(frame))
     }
 
-    /// Queues an encoded frame on every session of `user`; returns how many took it.
+    /// Queues an encoded frame on every session of `user` on this node; returns how many took
+    /// it.
     pub fn push_to_user(&self, user: &str, frame: &Bytes) -> usize {
         self.sessions_of(user)
             .filter(|id| self.push_to(*id, frame.clone()))
@@ -241,18 +250,58 @@ impl Registry {
         self.push_to(id, frame);
     }
 
+    /// The session's id across the cluster, for presence and the user index.
+    fn member_key(&self, id: SessionId) -> String {
+        self.sessions
+            .get(&id)
+            .map_or_else(|| id.to_string(), |e| e.gauge.wire_id().to_string())
+    }
+
+    /// Runs a broker call whose answer nobody waits for; a failure is logged.
+    fn spawn_broker_call(
+        &self,
+        call: LocalBoxFuture<'static, Result<(), BrokerError>>,
+        what: &'static str,
+    ) {
+        actix_rt::spawn(async move {
+            if let Err(error) = call.await {
+                tracing::warn!(%error, what, "broker call failed");
+            }
+        });
+    }
+
     fn remove_session(&mut self, id: SessionId) -> Option<Entry> {
+        let member = self.member_key(id);
         let entry = self.sessions.remove(&id)?;
         if let Some(user) = &entry.user {
+            self.broker.release_session(user, &member);
             if let Some(set) = self.users.get_mut(user) {
                 set.remove(&id);
                 if set.is_empty() {
                     self.users.remove(user);
+                    self.broker.unsubscribe_user(user);
                 }
             }
         }
         for room in &entry.rooms {
-            self.leave_room(room, id, entry.user.as_ref());
+            if let Some(user) = &entry.user {
+                let call = self.broker.presence_remove(room, user, &member);
+                self.spawn_broker_call(call, "presence remove");
+            }
+            if let Some(state) = self.rooms.get_mut(room) {
+                state.members.remove(&id);
+            }
+            self.forget_room_if_empty(room);
+        }
+        // A session that left while its subscribe was in flight.
+        let joining: Vec<RoomName> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.joiners.contains_key(&id))
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in joining {
+            self.leave_room(&room, id);
         }
         if self.draining && self.sessions.is_empty() {
             for waiter in self.drained.drain(..) {
@@ -260,34 +309,6 @@ impl Registry {
             }
         }
         Some(entry)
-    }
-
-    fn leave_room(&mut self, room: &str, id: SessionId, user: Option<&UserName>) {
-        if let Some(members) = self.rooms.get_mut(room) {
-            members.remove(&id);
-            if members.is_empty() {
-                self.rooms.remove(room);
-                self.broker.release(room);
-            } else if let (Some(user), false) = (user, self.draining) {
-                self.announce_leave(room, user);
-            }
-        }
-    }
-
-    /// Adds a session to a room's members with its cursor.
-    fn join_room(&mut self, room: &RoomName, id: SessionId, cursor: Arc<RoomCursor>) {
-        let Some(entry) = self.sessions.get_mut(&id) else {
-            return;
-        };
-        entry.rooms.insert(room.clone());
-        let member = Member {
-            outbox: entry.outbox.clone(),
-            cursor,
-        };
-        self.rooms
-            .entry(room.clone())
-            .or_default()
-            .insert(id, member);
     }
 
     fn sweep(&mut self) {
@@ -309,12 +330,11 @@ impl Registry {
         let empty: Vec<RoomName> = self
             .rooms
             .iter()
-            .filter(|(_, m)| m.is_empty())
+            .filter(|(_, r)| r.is_empty())
             .map(|(r, _)| r.clone())
             .collect();
         for room in &empty {
-            self.rooms.remove(room);
-            self.broker.release(room);
+            self.forget_room_if_empty(room);
         }
         self.broker.maintain();
         self.metrics.swept(dead.len(), empty.len());
@@ -340,6 +360,7 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
+        ctx.add_stream(self.broker.events());
         ctx.run_interval(self.sweep_interval, |act, _| act.sweep());
         tracing::debug!("registry started");
     }
@@ -351,6 +372,48 @@ impl Supervised for Registry {
             sessions = self.sessions.len(),
             "registry restarting; state kept"
         );
+    }
+}
+
+impl StreamHandler<BrokerEvent> for Registry {
+    fn handle(&mut self, event: BrokerEvent, ctx: &mut Self::Context) {
+        match event {
+            BrokerEvent::Publication {
+                room,
+                seq,
+                epoch,
+                frame,
+            } => self.on_publication(ctx, &room, seq, epoch, frame),
+            BrokerEvent::Direct { user, frame } => {
+                self.push_to_user(&user, &frame);
+            }
+            BrokerEvent::Joined { room, user } => self.announce(&room, &user, true),
+            BrokerEvent::Left { room, user } => self.announce(&room, &user, false),
+            BrokerEvent::Kick { user, reason } => {
+                self.kick_local(&user, reason);
+            }
+            BrokerEvent::KickSession { session, reason } => {
+                self.kick_session_local(&session, reason);
+            }
+            BrokerEvent::Interrupted => {
+                tracing::warn!(
+                    "the broker's inbound path broke; rooms will be checked when it is back"
+                );
+            }
+            BrokerEvent::Resumed => {
+                tracing::info!(
+                    rooms = self.rooms.len(),
+                    "the broker's inbound path is back; checking rooms for holes"
+                );
+                self.check_all_rooms(ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        // The broker ended its stream (it only does when it is being dropped): keep serving
+        // what is local rather than stop.
+        tracing::error!("the broker's inbound stream ended");
     }
 }
 
@@ -376,6 +439,9 @@ pub(crate) enum RegistryError {
     /// The user already has `max_sessions_per_user` sessions.
     #[error("too many sessions for this user")]
     UserLimit,
+    /// The broker could not be asked.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
 }
 
 /// A new connection, before its handshake.
@@ -431,25 +497,48 @@ pub(crate) struct Identify {
 }
 
 impl Handler<Identify> for Registry {
-    type Result = Result<(), RegistryError>;
+    type Result = ResponseActFuture<Self, Result<(), RegistryError>>;
 
     fn handle(&mut self, msg: Identify, _: &mut Self::Context) -> Self::Result {
         if self.draining {
-            return Err(RegistryError::Draining);
+            return Box::pin(actix::fut::ready(Err(RegistryError::Draining)));
+        }
+        if !self.sessions.contains_key(&msg.id) {
+            return Box::pin(actix::fut::ready(Err(RegistryError::UnknownSession)));
         }
         let max = self.limits.max_sessions_per_user;
-        if max > 0 && self.users.get(&msg.user).is_some_and(|s| s.len() >= max) {
-            tracing::info!(user = %msg.user, max, "session refused: max_sessions_per_user reached");
-            self.metrics.limit_hit(Limit::MaxSessionsPerUser);
-            return Err(RegistryError::UserLimit);
+        let member = self.member_key(msg.id);
+        let claim = self.broker.claim_session(&msg.user, &member, max);
+        Box::pin(claim.into_actor(self).map(move |claimed, act, _| {
+            match claimed {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(user = %msg.user, max, "session refused: max_sessions_per_user reached");
+                    act.metrics.limit_hit(Limit::MaxSessionsPerUser);
+                    return Err(RegistryError::UserLimit);
+                }
+                Err(error) => return Err(error.into()),
+            }
+            let Some(entry) = act.sessions.get_mut(&msg.id) else {
+                // It left while the claim was in flight.
+                act.broker.release_session(&msg.user, &member);
+                return Err(RegistryError::UnknownSession);
+            };
+            entry.user = Some(msg.user.clone());
+            act.add_user(msg.id, msg.user);
+            Ok(())
+        }))
+    }
+}
+
+impl Registry {
+    /// Indexes a session under its user; the node starts receiving the user's direct
+    /// messages from other nodes with its first session.
+    fn add_user(&mut self, id: SessionId, user: UserName) {
+        if !self.users.contains_key(&user) {
+            self.spawn_broker_call(self.broker.subscribe_user(&user), "user subscribe");
         }
-        let entry = self
-            .sessions
-            .get_mut(&msg.id)
-            .ok_or(RegistryError::UnknownSession)?;
-        entry.user = Some(msg.user.clone());
-        self.users.entry(msg.user).or_default().insert(msg.id);
-        Ok(())
+        self.users.entry(user).or_default().insert(id);
     }
 }
 
@@ -469,12 +558,16 @@ impl Handler<Disconnect> for Registry {
     }
 }
 
+/// Tells a session that the registry dropped it from a room on its own (a resync).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RoomDropped(pub(crate) RoomName);
+
 /// A session registering again with a fresh registry after the one it knew crashed: what it
 /// owns travels with it. The registry replays what each room's stream holds after the
-/// session's cursor, or sends `unsubscribed{room, reason:"resync"}` where it cannot, and
-/// answers with the rooms it dropped.
+/// session's cursor, or sends `unsubscribed{room, reason:"resync"}` where it cannot.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<RoomName>, RegistryError>")]
+#[rtype(result = "Result<(), RegistryError>")]
 pub(crate) struct Rejoin {
     /// What a new connection registers with.
     pub(crate) connect: Connect,
@@ -485,7 +578,7 @@ pub(crate) struct Rejoin {
 }
 
 impl Handler<Rejoin> for Registry {
-    type Result = ResponseFuture<Result<Vec<RoomName>, RegistryError>>;
+    type Result = Result<(), RegistryError>;
 
     fn handle(&mut self, msg: Rejoin, ctx: &mut Self::Context) -> Self::Result {
         let Rejoin {
@@ -494,61 +587,20 @@ impl Handler<Rejoin> for Registry {
             rooms,
         } = msg;
         let id = connect.id;
-        if let Err(e) = self.handle(connect, ctx) {
-            return Box::pin(async move { Err(e) });
-        }
+        <Self as Handler<Connect>>::handle(self, connect, ctx)?;
         if let Some(user) = user {
             if let Some(entry) = self.sessions.get_mut(&id) {
                 entry.user = Some(user.clone());
-                // Not counted against max_sessions_per_user: the session was already admitted.
-                self.users.entry(user).or_default().insert(id);
+                // Not claimed again: the session was admitted, and the broker keeps claims.
+                self.add_user(id, user);
             }
         }
-        let replays: Vec<_> = rooms
-            .into_iter()
-            .map(|(room, cursor)| {
-                let replay = self
-                    .broker
-                    .replay(&room, Some(cursor.seq()), Some(&cursor.epoch));
-                async move { (room, cursor, replay.await) }
-            })
-            .collect();
-        // As for a subscribe: nothing reaches these rooms until the session is back in them.
-        let done = self.exclusively(
-            ctx,
-            futures_util::future::join_all(replays)
-                .into_actor(self)
-                .map(move |replays, act, _| {
-                    let mut dropped = Vec::new();
-                    for (room, cursor, replay) in replays {
-                        let Some(entry) = act.sessions.get(&id) else {
-                            break;
-                        };
-                        match replay {
-                            Ok(replay) if replay.recovered == Some(true) => {
-                                for frame in replay.frames {
-                                    entry.outbox.push(frame);
-                                }
-                                cursor.advance(replay.seq);
-                                act.join_room(&room, id, cursor);
-                            }
-                            outcome => {
-                                if let Err(error) = outcome {
-                                    tracing::warn!(session = %id, %room, %error, "replay failed on re-registration");
-                                }
-                                let resync = Outbound::Unsubscribed {
-                                    room: &room,
-                                    reason: Some("resync"),
-                                };
-                                entry.outbox.push(resync.encode());
-                                dropped.push(room);
-                            }
-                        }
-                    }
-                    dropped
-                }),
-        );
-        Box::pin(async move { done.await.ok_or(RegistryError::UnknownSession) })
+        for (room, cursor) in rooms {
+            let since = Some(cursor.seq());
+            let epoch = Some(cursor.epoch.to_string());
+            self.join(ctx, room, id, Joiner::new(since, epoch, Some(cursor), None));
+        }
+        Ok(())
     }
 }
 
@@ -582,47 +634,10 @@ impl Handler<Subscribe> for Registry {
             self.push_error(msg.id, ErrorCode::Forbidden, &message, None);
             return Box::pin(async { None });
         }
-        let replay = self
-            .broker
-            .replay(&msg.room, msg.since, msg.epoch.as_deref());
-        // Nothing else may reach this room until the subscriber is in it, or a message could
-        // fall between the replay and live delivery.
-        let done = self.exclusively(
-            ctx,
-            replay.into_actor(self).map(move |result, act, _| {
-                let replay = match result {
-                    Ok(replay) => replay,
-                    Err(e) => {
-                        act.broker_failed(msg.id, &e, None);
-                        return None;
-                    }
-                };
-                let entry = act.sessions.get_mut(&msg.id)?;
-                for frame in replay.frames {
-                    entry.outbox.push(frame);
-                }
-                let joined = entry
-                    .user
-                    .clone()
-                    .filter(|_| !entry.rooms.contains(&msg.room));
-                entry.outbox.push(
-                    Outbound::Subscribed {
-                        room: &msg.room,
-                        seq: replay.seq,
-                        epoch: &replay.epoch,
-                        recovered: replay.recovered,
-                    }
-                    .encode(),
-                );
-                if let Some(user) = joined {
-                    act.announce_join(&msg.room, &user);
-                }
-                let cursor = RoomCursor::new(replay.epoch, replay.seq);
-                act.join_room(&msg.room, msg.id, cursor.clone());
-                Some(cursor)
-            }),
-        );
-        Box::pin(async move { done.await.flatten() })
+        let (reply, answer) = oneshot::channel();
+        let joiner = Joiner::new(msg.since, msg.epoch, None, Some(reply));
+        self.join(ctx, msg.room, msg.id, joiner);
+        Box::pin(async move { answer.await.ok().flatten() })
     }
 }
 
@@ -643,7 +658,7 @@ impl Handler<Unsubscribe> for Registry {
         let Some(entry) = self.sessions.get_mut(&msg.id) else {
             return;
         };
-        let was_member = entry.rooms.remove(&msg.room);
+        entry.rooms.remove(&msg.room);
         entry.outbox.push(
             Outbound::Unsubscribed {
                 room: &msg.room,
@@ -651,10 +666,7 @@ impl Handler<Unsubscribe> for Registry {
             }
             .encode(),
         );
-        let user = entry.user.clone();
-        if was_member {
-            self.leave_room(&msg.room, msg.id, user.as_ref());
-        }
+        self.leave_room(&msg.room, msg.id);
     }
 }
 
@@ -675,35 +687,32 @@ pub(crate) struct Publish {
 }
 
 impl Handler<Publish> for Registry {
-    type Result = ResponseFuture<Result<u64, BrokerError>>;
+    type Result = ResponseActFuture<Self, Result<u64, BrokerError>>;
 
-    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> Self::Result {
+        let room = msg.room.clone();
+        let ack_id = msg.id.clone();
         let request = PublishRequest {
             room: msg.room,
             from: msg.from,
             data: msg.data,
             id: msg.id,
         };
-        let room = request.room.clone();
-        let ack_id = request.id.clone();
-        let fut = self.broker.publish(request);
-        // Sequencing and delivery of one room must not interleave with another publish, or
-        // subscribers could see seqs out of order.
-        let done = self.exclusively(
-            ctx,
-            fut.into_actor(self)
+        // The message itself comes back on the broker's inbound stream, in seq order.
+        let published = self.broker.publish(request);
+        Box::pin(
+            published
+                .into_actor(self)
                 .map(move |result, act, _| match result {
                     Ok(published) => {
-                        if !published.duplicate {
-                            act.fan_out(&room, &published.frame, published.seq);
-                        }
                         if let (Some(session), Some(id)) = (msg.session, ack_id.as_deref()) {
                             let ack = Outbound::Ack {
                                 id,
                                 seq: Some(published.seq),
                                 delivered: None,
-                            };
-                            act.push_to(session, ack.encode());
+                            }
+                            .encode();
+                            act.ack_after(&room, published.seq, &published.epoch, session, ack);
                         }
                         Ok(published.seq)
                     }
@@ -714,61 +723,13 @@ impl Handler<Publish> for Registry {
                         Err(e)
                     }
                 }),
-        );
-        Box::pin(async move {
-            done.await
-                .unwrap_or_else(|| Err(BrokerError("registry stopped".into())))
-        })
+        )
     }
 }
 
-impl Registry {
-    /// Runs `work` with nothing else reaching the registry until it is done (`ctx.wait`), and
-    /// returns a future of its output, so that the sender's answer comes after the work and
-    /// not when the handler returns.
-    fn exclusively<T, W>(
-        &mut self,
-        ctx: &mut Context<Self>,
-        work: W,
-    ) -> impl std::future::Future<Output = Option<T>>
-    where
-        T: 'static,
-        W: ActorFuture<Self, Output = T> + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        ctx.wait(work.map(move |output, _, _| {
-            let _ = tx.send(output);
-        }));
-        async move { rx.await.ok() }
-    }
-
-    /// Queues a room message on every member and advances their cursors. A member whose
-    /// outbox overflows starts closing, and its session unregisters itself at once.
-    fn fan_out(&self, room: &str, frame: &Bytes, seq: u64) {
-        let Some(members) = self.rooms.get(room) else {
-            return;
-        };
-        for member in members.values() {
-            if member.outbox.push(frame.clone()) {
-                member.cursor.advance(seq);
-            }
-        }
-    }
-
-    fn broker_failed(&self, session: SessionId, error: &BrokerError, id: Option<&str>) {
-        tracing::error!(%session, %error, "broker call failed");
-        self.push_error(
-            session,
-            ErrorCode::Internal,
-            "message store unavailable",
-            id,
-        );
-    }
-}
-
-/// A direct message to every session of a user (`send`).
+/// A direct message to every session of a user (`send`), on every node.
 #[derive(Message)]
-#[rtype(result = "usize")]
+#[rtype(result = "Result<usize, BrokerError>")]
 pub(crate) struct SendTo {
     /// The sending session, which gets the `ack`; `None` for server-side pushes.
     pub(crate) session: Option<SessionId>,
@@ -783,9 +744,9 @@ pub(crate) struct SendTo {
 }
 
 impl Handler<SendTo> for Registry {
-    type Result = usize;
+    type Result = ResponseActFuture<Self, Result<usize, BrokerError>>;
 
-    fn handle(&mut self, msg: SendTo, _: &mut Self::Context) -> usize {
+    fn handle(&mut self, msg: SendTo, _: &mut Self::Context) -> Self::Result {
         let frame = Outbound::Message {
             room: None,
             seq: None,
@@ -794,16 +755,32 @@ impl Handler<SendTo> for Registry {
             id: msg.id.as_deref(),
         }
         .encode();
-        let delivered = self.push_to_user(&msg.to, &frame);
-        if let (Some(session), Some(id)) = (msg.session, msg.id.as_deref()) {
-            let ack = Outbound::Ack {
-                id,
-                seq: None,
-                delivered: Some(delivered),
+        let here = self.push_to_user(&msg.to, &frame);
+        let elsewhere = self.broker.send_to_others(&msg.to, frame);
+        Box::pin(elsewhere.into_actor(self).map(move |result, act, _| {
+            let delivered = match result {
+                Ok(elsewhere) => here + elsewhere,
+                Err(e) if here == 0 => {
+                    if let Some(session) = msg.session {
+                        act.broker_failed(session, &e, msg.id.as_deref());
+                    }
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "direct message not sent to other nodes");
+                    here
+                }
             };
-            self.push_to(session, ack.encode());
-        }
-        delivered
+            if let (Some(session), Some(id)) = (msg.session, msg.id.as_deref()) {
+                let ack = Outbound::Ack {
+                    id,
+                    seq: None,
+                    delivered: Some(delivered),
+                };
+                act.push_to(session, ack.encode());
+            }
+            Ok(delivered)
+        }))
     }
 }
 
@@ -827,9 +804,9 @@ impl Handler<Broadcast> for Registry {
     }
 }
 
-/// Closes every session of a user with `bye{reason}`.
+/// Closes every session of a user with `bye{reason}`, on every node.
 #[derive(Message)]
-#[rtype(result = "usize")]
+#[rtype(result = "Result<usize, BrokerError>")]
 pub(crate) struct Kick {
     /// The user.
     pub(crate) user: UserName,
@@ -838,12 +815,20 @@ pub(crate) struct Kick {
 }
 
 impl Handler<Kick> for Registry {
-    type Result = usize;
+    type Result = ResponseFuture<Result<usize, BrokerError>>;
 
-    fn handle(&mut self, msg: Kick, _: &mut Self::Context) -> usize {
-        self.sessions_of(&msg.user)
+    fn handle(&mut self, msg: Kick, _: &mut Self::Context) -> Self::Result {
+        let here = self.kick_local(&msg.user, msg.reason);
+        let elsewhere = self.broker.kick_others(&msg.user, msg.reason);
+        Box::pin(async move { Ok(here + elsewhere.await?) })
+    }
+}
+
+impl Registry {
+    fn kick_local(&mut self, user: &str, reason: ByeReason) -> usize {
+        self.sessions_of(user)
             .filter_map(|id| self.sessions.get(&id))
-            .filter(|e| e.outbox.close(msg.reason, None))
+            .filter(|e| e.outbox.close(reason, None))
             .count()
     }
 }

@@ -22,6 +22,7 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{Registry, SessionId};
+use crate::broker::BrokerError;
 use crate::names::{RoomName, UserName};
 use crate::protocol::{encode_line, ErrorCode};
 use crate::session::{AppFrame, Handlers, Session};
@@ -100,7 +101,8 @@ fn handle_frame(session: &mut Session, ctx: &mut Context<Session>, frame: AppFra
 }
 
 impl Registry {
-    /// The users present in `room`, sorted.
+    /// The users of this node's sessions subscribed to `room`, sorted. Presence across every
+    /// node comes from the broker ([`ServerHandle::presence`](crate::ServerHandle::presence)).
     pub fn users_in(&self, room: &str) -> Vec<UserName> {
         let mut users: Vec<UserName> = self
             .members_of(room)
@@ -111,56 +113,46 @@ impl Registry {
         users
     }
 
-    /// Whether some session of `user` is subscribed to `room`.
-    fn user_present(&self, room: &str, user: &str) -> bool {
-        match self.rooms.get(room) {
-            Some(members) => self.sessions_of(user).any(|id| members.contains_key(&id)),
-            None => false,
-        }
-    }
-
     fn presence_events_in(&self, room: &str) -> bool {
         self.presence_events
             .iter()
             .any(|p| p == "*" || room.starts_with(p.as_str()))
     }
 
-    /// Called before a session of `user` becomes a member of `room`.
-    pub(super) fn announce_join(&self, room: &str, user: &str) {
-        if self.presence_events_in(room) && !self.user_present(room, user) {
-            self.push_to_room(
-                room,
-                &encode_line(&PresenceFrame::Join { room, user }),
-                None,
-            );
+    /// A user's first session anywhere joined `room`, or its last one left: the room's members
+    /// on this node are told, but not the user's own sessions.
+    pub(super) fn announce(&self, room: &RoomName, user: &UserName, joined: bool) {
+        if !self.presence_events_in(room) {
+            return;
         }
-    }
-
-    /// Called after a session of `user` stopped being a member of `room`.
-    pub(super) fn announce_leave(&self, room: &str, user: &str) {
-        if self.presence_events_in(room) && !self.user_present(room, user) {
-            self.push_to_room(
-                room,
-                &encode_line(&PresenceFrame::Leave { room, user }),
-                None,
-            );
+        let Some(state) = self.rooms.get(room) else {
+            return;
+        };
+        let frame = if joined {
+            encode_line(&PresenceFrame::Join { room, user })
+        } else {
+            encode_line(&PresenceFrame::Leave { room, user })
+        };
+        for member in state.members.values() {
+            if member.user.as_ref() != Some(user) {
+                member.outbox.push(frame.clone());
+            }
         }
     }
 }
-
-/// Asks for the users present in a room (for the application).
+/// Asks for the users present in a room on every node (for the application).
 #[derive(Message)]
-#[rtype(result = "Vec<UserName>")]
+#[rtype(result = "Result<Vec<UserName>, BrokerError>")]
 pub(crate) struct Presence {
     /// Room name.
     pub(crate) room: RoomName,
 }
 
 impl Handler<Presence> for Registry {
-    type Result = Vec<UserName>;
+    type Result = ResponseFuture<Result<Vec<UserName>, BrokerError>>;
 
-    fn handle(&mut self, msg: Presence, _: &mut Self::Context) -> Vec<UserName> {
-        self.users_in(&msg.room)
+    fn handle(&mut self, msg: Presence, _: &mut Self::Context) -> Self::Result {
+        self.broker.presence(&msg.room)
     }
 }
 
@@ -178,15 +170,24 @@ pub(crate) struct PresenceQuery {
 }
 
 impl Handler<PresenceQuery> for Registry {
-    type Result = ();
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, msg: PresenceQuery, _: &mut Self::Context) {
-        let users = self.users_in(&msg.room);
-        let frame = PresenceFrame::Presence {
-            room: &msg.room,
-            users: &users,
-            id: msg.frame_id.as_deref(),
-        };
-        self.push_to(msg.id, encode_line(&frame));
+    fn handle(&mut self, msg: PresenceQuery, _: &mut Self::Context) -> Self::Result {
+        let users = self.broker.presence(&msg.room);
+        Box::pin(
+            users
+                .into_actor(self)
+                .map(move |users, act, _| match users {
+                    Ok(users) => {
+                        let frame = PresenceFrame::Presence {
+                            room: &msg.room,
+                            users: &users,
+                            id: msg.frame_id.as_deref(),
+                        };
+                        act.push_to(msg.id, encode_line(&frame));
+                    }
+                    Err(e) => act.broker_failed(msg.id, &e, msg.frame_id.as_deref()),
+                }),
+        )
     }
 }

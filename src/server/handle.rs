@@ -133,7 +133,7 @@ impl ServerHandle {
             data,
             id,
         };
-        Ok(self.registry().send(msg).await?)
+        Ok(self.registry().send(msg).await??)
     }
 
     /// Refuses a message nobody could be sent (see [`HandleError::TooLarge`]).
@@ -154,7 +154,7 @@ impl ServerHandle {
             user: UserName::new(user)?,
             reason: ByeReason::Kicked,
         };
-        Ok(self.registry().send(msg).await?)
+        Ok(self.registry().send(msg).await??)
     }
 
     /// Closes the session its client knows as `session` (`welcome.session`) with
@@ -181,7 +181,7 @@ impl ServerHandle {
         let msg = Presence {
             room: self.names.room(room)?,
         };
-        Ok(self.registry().send(msg).await?)
+        Ok(self.registry().send(msg).await??)
     }
 
     /// A page of the rooms that have subscribers, by name, after `after`.

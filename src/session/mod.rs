@@ -370,12 +370,9 @@ impl Session {
         };
         let request = self.registry.send(rejoin);
         ctx.wait(request.into_actor(self).map(|answer, act, _| match answer {
-            Ok(Ok(dropped)) => {
+            Ok(Ok(())) => {
                 act.registry_lost = None;
-                tracing::info!(parent: &act.span, session = %act.wire_id, resync = dropped.len(), "registered with a fresh registry");
-                for room in dropped {
-                    act.rooms.remove(&room);
-                }
+                tracing::info!(parent: &act.span, session = %act.wire_id, "registered with a fresh registry");
             }
             Ok(Err(RegistryError::Draining)) => {
                 let reconnect_ms = act.shared.config.shutdown_reconnect.as_millis() as u64;
@@ -660,6 +657,17 @@ impl Session {
                         act.send_error(ErrorCode::Internal, "session lost by the registry", None);
                         act.close(ByeReason::Normal, None);
                     }
+                    Err(RegistryError::Broker(error)) => {
+                        // The user index could not be checked: nothing was admitted.
+                        tracing::warn!(parent: &act.span, %error, "hello refused: store unavailable");
+                        act.send_error(
+                            ErrorCode::Unavailable,
+                            "the message store is unavailable; try again later",
+                            None,
+                        );
+                        let reconnect_ms = act.shared.config.shutdown_reconnect.as_millis() as u64;
+                        act.close(ByeReason::Shutdown, Some(reconnect_ms));
+                    }
                 });
             }
             Inbound::Ping(ping) => {
@@ -830,6 +838,16 @@ impl Handler<CloseBegan> for Session {
     fn handle(&mut self, _: CloseBegan, _: &mut Self::Context) {
         self.closing = true;
         self.unregister();
+    }
+}
+
+impl Handler<registry::RoomDropped> for Session {
+    type Result = ();
+
+    /// The registry dropped this session from a room on its own (after a
+    /// `unsubscribed{reason:"resync"}`).
+    fn handle(&mut self, msg: registry::RoomDropped, _: &mut Self::Context) {
+        self.rooms.remove(&msg.0);
     }
 }
 
