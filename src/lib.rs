@@ -55,6 +55,8 @@ mod session;
 #[doc(hidden)]
 pub mod testing;
 mod tls;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 pub use auth::AuthConfig;
 #[cfg(feature = "jwt")]

@@ -10,6 +10,7 @@
 //! `close_timeout`, then shuts the socket down.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -166,12 +167,23 @@ impl Outbox {
         self.lock().closing
     }
 
-    /// Drains the outbox into `sink` until the connection closes. Runs as one task per
-    /// connection; it ends when the closing flush is done, times out, or the socket fails.
-    pub async fn run_writer<W>(self: Arc<Self>, mut sink: W, close_timeout: Duration) -> WriterExit
+    /// Drains the outbox into `sink`, a byte stream, until the connection closes. Runs as one
+    /// task per connection; it ends when the closing flush is done, times out, or the socket
+    /// fails.
+    pub async fn run_writer<W>(self: Arc<Self>, sink: W, close_timeout: Duration) -> WriterExit
     where
         W: AsyncWrite + Unpin,
     {
+        self.run_sink(ByteSink(sink), close_timeout).await
+    }
+
+    /// Drains the outbox into any [`FrameSink`] until the connection closes: the writer task
+    /// of every transport.
+    pub(crate) async fn run_sink<S: FrameSink>(
+        self: Arc<Self>,
+        mut sink: S,
+        close_timeout: Duration,
+    ) -> WriterExit {
         let mut deadline: Option<Instant> = None;
         loop {
             let (batch, closing) = self.take_batch();
@@ -181,37 +193,28 @@ impl Outbox {
             if batch.is_empty() {
                 if let Some(reason) = closing {
                     // Best effort: the peer may already be gone.
-                    let _ = with_deadline(deadline, sink.shutdown()).await;
+                    let _ = with_deadline(deadline, sink.finish(reason)).await;
                     return WriterExit::Closed(reason);
                 }
                 self.wake.notified().await;
                 continue;
             }
             let written: usize = batch.iter().map(Bytes::len).sum();
-            let result = match batch.as_slice() {
-                [one] => {
-                    self.write(&mut sink, one, &mut deadline, close_timeout)
-                        .await
-                }
-                many => {
-                    let mut joined = BytesMut::with_capacity(written);
-                    many.iter().for_each(|f| joined.extend_from_slice(f));
-                    self.write(&mut sink, &joined, &mut deadline, close_timeout)
-                        .await
-                }
-            };
+            let result = self
+                .until_deadline(sink.send(&batch), &mut deadline, close_timeout)
+                .await;
             self.lock().queued -= written;
             match result {
-                Ok(true) => {
+                Some(Ok(())) => {
                     if let Some(metrics) = &self.metrics {
                         metrics.frames_written(&batch);
                     }
                 }
-                Ok(false) => {
+                None => {
                     let reason = self.closing().unwrap_or(ByeReason::Normal);
                     return WriterExit::TimedOut(reason);
                 }
-                Err(e) => return WriterExit::Failed(e),
+                Some(Err(e)) => return WriterExit::Failed(e),
             }
         }
     }
@@ -231,33 +234,57 @@ impl Outbox {
         (batch, state.closing)
     }
 
-    /// Writes `buf`; returns `Ok(false)` if the closing deadline passed first. A close that
-    /// starts while the write is blocked (a peer that stopped reading) arms the deadline.
-    async fn write<W: AsyncWrite + Unpin>(
+    /// Runs `write`; returns `None` if the closing deadline passed first. A close that starts
+    /// while the write is blocked (a peer that stopped reading) arms the deadline.
+    async fn until_deadline<F: Future>(
         &self,
-        sink: &mut W,
-        buf: &[u8],
+        write: F,
         deadline: &mut Option<Instant>,
         close_timeout: Duration,
-    ) -> std::io::Result<bool> {
-        let write = sink.write_all(buf);
+    ) -> Option<F::Output> {
         tokio::pin!(write);
         loop {
             match *deadline {
-                Some(at) => {
-                    return match tokio::time::timeout_at(at, &mut write).await {
-                        Ok(result) => result.map(|()| true),
-                        Err(_elapsed) => Ok(false),
-                    }
-                }
+                Some(at) => return tokio::time::timeout_at(at, &mut write).await.ok(),
                 None => tokio::select! {
-                    result = &mut write => return result.map(|()| true),
+                    result = &mut write => return Some(result),
                     () = self.closed.notified() => {
                         *deadline = Some(Instant::now() + close_timeout);
                     }
                 },
             }
         }
+    }
+}
+
+/// Where a writer task puts a connection's frames. Byte streams (TCP, TLS, pipes) are a
+/// [`ByteSink`]; the WebSocket transport has its own.
+pub(crate) trait FrameSink {
+    /// Writes `batch`: whole frames in order, each ending in `\n`.
+    async fn send(&mut self, batch: &[Bytes]) -> std::io::Result<()>;
+
+    /// Ends the connection after its last frame; `reason` is why it closes (the `bye` reason,
+    /// or `normal` when the peer left).
+    async fn finish(&mut self, reason: ByeReason);
+}
+
+/// A byte stream as a [`FrameSink`]: a batch goes out in one write, closing shuts it down.
+pub(crate) struct ByteSink<W>(pub(crate) W);
+
+impl<W: AsyncWrite + Unpin> FrameSink for ByteSink<W> {
+    async fn send(&mut self, batch: &[Bytes]) -> std::io::Result<()> {
+        match batch {
+            [one] => self.0.write_all(one).await,
+            many => {
+                let mut joined = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
+                many.iter().for_each(|f| joined.extend_from_slice(f));
+                self.0.write_all(&joined).await
+            }
+        }
+    }
+
+    async fn finish(&mut self, _: ByeReason) {
+        let _ = self.0.shutdown().await;
     }
 }
 

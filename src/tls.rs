@@ -1,4 +1,4 @@
-//! TLS on the TCP listener, with rustls through tokio-rustls.
+//! TLS on the TCP and WebSocket listeners, with rustls through tokio-rustls.
 //!
 //! The whole dependency tree uses one rustls crypto provider, *ring*, chosen explicitly here
 //! (no process-wide default is installed), so the server and the client library cannot
@@ -63,6 +63,15 @@ impl TlsConfig {
     /// The acceptor this config describes, or `None` for plain TCP.
     #[cfg(feature = "tls")]
     pub(crate) fn acceptor(&self) -> Result<Option<TlsAcceptor>, ConfigError> {
+        Ok(self
+            .server_config()?
+            .map(|config| TlsAcceptor::from(Arc::new(config))))
+    }
+
+    /// The rustls server configuration this config describes (the same for the TCP and the
+    /// WebSocket listener), or `None` without TLS.
+    #[cfg(feature = "tls")]
+    pub(crate) fn server_config(&self) -> Result<Option<rustls::ServerConfig>, ConfigError> {
         let (cert, key) = match (&self.cert, &self.key) {
             (None, None) => return Ok(None),
             (Some(cert), Some(key)) => (cert, key),
@@ -93,7 +102,7 @@ impl TlsConfig {
             .with_no_client_auth()
             .with_single_cert(chain, private_key)
             .map_err(|e| invalid("tls.key", format!("certificate and key do not fit: {e}")))?;
-        Ok(Some(TlsAcceptor::from(Arc::new(config))))
+        Ok(Some(config))
     }
 }
 

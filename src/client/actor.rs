@@ -653,6 +653,10 @@ impl StreamHandler<Result<Bytes, CodecError>> for Client {
                 self.lost(DisconnectReason::FrameTooLarge(max), ctx)
             }
             Err(CodecError::Io(e)) => self.lost(DisconnectReason::Io(e.to_string()), ctx),
+            // Only WebSocket transports yield these; the client reads lines.
+            Err(e @ (CodecError::Binary | CodecError::Protocol(_))) => {
+                self.lost(DisconnectReason::Io(e.to_string()), ctx)
+            }
         }
     }
 

@@ -39,3 +39,5 @@ mod rooms;
 #[cfg(all(feature = "tls", feature = "jwt", feature = "client"))]
 mod security;
 mod shutdown;
+#[cfg(feature = "ws")]
+mod ws;

@@ -328,3 +328,6 @@ impl RawClient {
         (frames, buf[complete..].to_vec())
     }
 }
+
+#[cfg(feature = "ws")]
+pub mod ws;
