@@ -10,14 +10,10 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::{Stream, StreamExt};
 
-use super::guard;
-use super::transport::Flow;
+use super::transport::{is_too_large, Flow};
 use crate::outbox::FrameSink;
 use crate::protocol::codec::{CodecError, Incoming};
 use crate::protocol::ByeReason;
-
-/// actix-ws's text for a message whose fragments pass its continuation limit.
-const CONTINUATION_TOO_BIG: &str = "Exceeded maximum continuation size";
 
 /// The close code PROTOCOL.md gives for closing after `bye{reason}`.
 pub(crate) fn close_code(reason: ByeReason) -> CloseCode {
@@ -80,11 +76,10 @@ fn frame(text: Bytes, max_frame: usize) -> Result<Incoming, CodecError> {
 
 /// What a read error means for the session.
 fn read_error(error: ProtocolError, max_frame: usize) -> CodecError {
+    if is_too_large(&error) {
+        return CodecError::FrameTooLarge(max_frame);
+    }
     match error {
-        ProtocolError::Overflow => CodecError::FrameTooLarge(max_frame),
-        ProtocolError::Io(e) if guard::is_overflow(&e) || e.to_string() == CONTINUATION_TOO_BIG => {
-            CodecError::FrameTooLarge(max_frame)
-        }
         // Invalid UTF-8 in a text message and reserved bits arrive as `InvalidData`; a lost
         // connection as any other kind.
         ProtocolError::Io(e) if e.kind() != std::io::ErrorKind::InvalidData => CodecError::Io(e),

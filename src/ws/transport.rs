@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use actix_ws::AggregatedMessageStream;
+use actix_ws::{AggregatedMessageStream, ProtocolError};
 use bytes::Bytes;
 use socket2::SockRef;
 use tokio::sync::Notify;
@@ -119,6 +119,19 @@ impl WsTransport {
     }
 }
 
+/// Whether a read error means that a message passed the limit: the parser's, the continuation
+/// limit (actix-ws tells it only by its text) or the frame guard's.
+pub fn is_too_large(error: &ProtocolError) -> bool {
+    match error {
+        ProtocolError::Overflow => true,
+        ProtocolError::Io(e) => guard::is_overflow(e) || e.to_string() == CONTINUATION_TOO_BIG,
+        _ => false,
+    }
+}
+
+/// actix-ws's text for a message whose fragments pass its continuation limit.
+const CONTINUATION_TOO_BIG: &str = "Exceeded maximum continuation size";
+
 /// What the writer has put into actix-ws's channel since the connection last took from it.
 #[derive(Debug, Default)]
 pub(crate) struct Flow {
@@ -215,4 +228,35 @@ where
 /// Binds the WebSocket listener on `addr` with the server's backlog.
 pub fn bind(addr: SocketAddr, config: &Config) -> Result<TcpListener, StartError> {
     listen_on(addr, config.backlog).map_err(|source| StartError::Ws { addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_writer_waits_for_the_connection_past_the_window() {
+        let flow = Arc::new(Flow::default());
+        flow.room().await;
+        flow.sent(WINDOW - 1);
+        flow.room().await;
+        flow.sent(1);
+        let waiting = tokio::spawn({
+            let flow = flow.clone();
+            async move { flow.room().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a full window must wait");
+        // What the response body does when the connection took the channel's contents.
+        let mut body = Tracked {
+            inner: BoxBody::new(()),
+            flow: flow.clone(),
+        };
+        let waker = futures_util::task::noop_waker();
+        let _ = Pin::new(&mut body).poll_next(&mut Context::from_waker(&waker));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken when drained")
+            .unwrap();
+    }
 }

@@ -83,6 +83,21 @@ impl WsClient {
         }
     }
 
+    /// Connects with `SO_RCVBUF` set to `rcvbuf` bytes, so that the server's writes block soon
+    /// after the client stops reading.
+    pub async fn connect_small(addr: SocketAddr, rcvbuf: u32) -> WsClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("connect");
+        let (ws, _) = tokio_tungstenite::client_async(
+            format!("ws://{addr}/ws"),
+            MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .expect("WebSocket handshake");
+        WsClient::new(ws)
+    }
+
     /// Connects and says hello as `user`; returns the client and its `welcome`.
     pub async fn hello(addr: SocketAddr, user: &str) -> (WsClient, Value) {
         let mut c = WsClient::connect(addr).await;
