@@ -3,7 +3,7 @@
 //!
 //! A WebSocket connection is served by the same [`Session`] actor as a TCP connection: this
 //! module only turns the connection into what a session reads (a stream of frames) and where
-//! it writes (a sink for its outbox), see [`adapter`]. Everything else (handshake, heartbeat,
+//! it writes (a sink for its outbox), see `adapter.rs`. Everything else (handshake, heartbeat,
 //! limits, rooms, the outbound budget) is the session's, unchanged. The listener is actix-web
 //! with actix-ws in the same actix `System` as the server; its set-up is in [`transport`],
 //! shared with the Autobahn echo server in `examples/ws_echo.rs`.

@@ -5,7 +5,7 @@
 //!
 //! actix-ws is used as it comes except for two things its defaults get wrong for a server
 //! that must bound memory per connection: its frame and continuation limits are set
-//! explicitly, and the body passes through [`guard`](super::guard) first. Writes go through
+//! explicitly, and the body passes through a frame guard (`guard.rs`) first. Writes go through
 //! actix-ws's bounded channel; [`Upgraded`] also carries a flow signal with which the
 //! session's writer keeps at most [`WINDOW`] bytes in that channel, so a peer that stops
 //! reading holds its outbound budget plus a constant, not 32 messages of any size.
