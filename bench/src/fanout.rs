@@ -42,6 +42,7 @@ pub(crate) async fn subscriber(ctx: Arc<ShardCtx>, index: usize, slot: Slot) {
     let attempt = async {
         let (mut conn, welcome) = client::open(
             plan.target,
+            plan.transport,
             plan.source(index),
             &user,
             plan.connect_timeout(),
@@ -89,7 +90,7 @@ pub(crate) async fn publisher(ctx: Arc<ShardCtx>, n: usize, slot: Slot) {
     let since = Instant::now();
     let source = plan.source(n);
     let (mut conn, welcome) =
-        match client::open(plan.target, source, &user, plan.connect_timeout()).await {
+        match client::open(plan.target, plan.transport, source, &user, plan.connect_timeout()).await {
             Ok(pair) => pair,
             Err(failure) => {
                 ctx.fail(failure.key());
