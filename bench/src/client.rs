@@ -69,9 +69,7 @@ fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
 }
 
 /// How the bench reaches the server.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// Newline-delimited JSON over TCP.
