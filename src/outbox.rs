@@ -11,10 +11,13 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -32,7 +35,7 @@ pub struct Outbox {
     /// Wakes the writer when frames arrive after it found the queue empty.
     wake: Notify,
     /// Wakes a writer blocked on a full socket when the connection starts closing.
-    closed: Notify,
+    closed: AtomicWaker,
     budget: usize,
     /// Where written frames are counted, if anywhere.
     metrics: Option<Arc<Metrics>>,
@@ -63,7 +66,7 @@ impl Outbox {
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
-            closed: Notify::new(),
+            closed: AtomicWaker::new(),
             budget,
             metrics: None,
         })
@@ -74,7 +77,7 @@ impl Outbox {
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
-            closed: Notify::new(),
+            closed: AtomicWaker::new(),
             budget,
             metrics: Some(metrics),
         })
@@ -142,7 +145,7 @@ impl Outbox {
 
     fn wake_for_close(&self) {
         self.wake.notify_one();
-        self.closed.notify_one();
+        self.closed.wake();
     }
 
     fn begin_close(state: &mut State, reason: ByeReason, reconnect_ms: Option<u64>) {
@@ -200,8 +203,9 @@ impl Outbox {
                 continue;
             }
             let written: usize = batch.iter().map(Bytes::len).sum();
+            let send = std::pin::pin!(sink.send(&batch));
             let result = self
-                .until_deadline(sink.send(&batch), &mut deadline, close_timeout)
+                .until_deadline(send, &mut deadline, close_timeout)
                 .await;
             self.lock().queued -= written;
             match result {
@@ -236,24 +240,36 @@ impl Outbox {
 
     /// Runs `write`; returns `None` if the closing deadline passed first. A close that starts
     /// while the write is blocked (a peer that stopped reading) arms the deadline.
+    ///
+    /// It takes the write pinned by the caller, is woken for the close by an `AtomicWaker`
+    /// rather than a `Notify` waiter, and uses `poll_fn` rather than `select!`/`timeout`: this
+    /// future lives inside every connection's writer task, and the timer is needed only once
+    /// the connection closes, so it is boxed then instead of taking room in every task.
     async fn until_deadline<F: Future>(
         &self,
-        write: F,
+        mut write: Pin<&mut F>,
         deadline: &mut Option<Instant>,
         close_timeout: Duration,
     ) -> Option<F::Output> {
-        tokio::pin!(write);
-        loop {
-            match *deadline {
-                Some(at) => return tokio::time::timeout_at(at, &mut write).await.ok(),
-                None => tokio::select! {
-                    result = &mut write => return Some(result),
-                    () = self.closed.notified() => {
-                        *deadline = Some(Instant::now() + close_timeout);
-                    }
-                },
+        let mut timer = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(output) = write.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
             }
-        }
+            if timer.is_none() {
+                // Registered before the check, so a close that starts in between wakes us.
+                self.closed.register(cx.waker());
+            }
+            if timer.is_none() && self.closing().is_some() {
+                let at = *deadline.insert(Instant::now() + close_timeout);
+                timer = Some(Box::pin(tokio::time::sleep_until(at)));
+            }
+            match &mut timer {
+                Some(timer) => timer.as_mut().poll(cx).map(|()| None),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 }
 

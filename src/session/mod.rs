@@ -1,8 +1,8 @@
 //! The session actor: one per connection, TCP or WebSocket alike.
 //!
-//! A session owns its socket's read half (a framed stream added with `add_stream`), its
-//! heartbeat, and the handshake; its write half belongs to a writer task that drains the
-//! session's bounded [`Outbox`]. Frames that concern other sessions (rooms, direct messages)
+//! A session owns its connection's inbound frames (a stream added with `add_stream`), its
+//! heartbeat, and the handshake; the outbound side belongs to a writer task that drains the
+//! session's bounded [`Outbox`] into the transport ([`Session::start_on`] is the seam). Frames that concern other sessions (rooms, direct messages)
 //! are forwarded to the [`Registry`] one at a time with an awaited `send`: while the
 //! registry works on one, the session reads nothing more, which is the backpressure that
 //! keeps a flooding client from growing anyone's mailbox.
