@@ -22,7 +22,6 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{BrokerError, HistoryTotals};
-use crate::limits::ConnectionTracker;
 use crate::metrics::{Levels, Metrics};
 use crate::names::{NameError, NameLimits, UserName, MAX_ID_LEN};
 use crate::protocol::{message_len, ByeReason};
@@ -249,7 +248,6 @@ pub struct ServerHandle {
     shutdown_reconnect: Duration,
     names: NameLimits,
     shared: Arc<SessionShared>,
-    tracker: Arc<ConnectionTracker>,
     arbiters: Arc<Mutex<Vec<Arbiter>>>,
     metrics: Arc<Metrics>,
 }
@@ -278,7 +276,6 @@ impl ServerHandle {
         local_addr: SocketAddr,
         stop_accepting: CancellationToken,
         shared: Arc<SessionShared>,
-        tracker: Arc<ConnectionTracker>,
         arbiters: Vec<Arbiter>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -290,7 +287,6 @@ impl ServerHandle {
             shutdown_reconnect: config.shutdown_reconnect,
             names: config.limits.names(),
             shared,
-            tracker,
             arbiters: Arc::new(Mutex::new(arbiters)),
             metrics,
         }
@@ -320,7 +316,7 @@ impl ServerHandle {
 
     /// Connections open now (sessions, including those flushing their last frames).
     pub fn open_connections(&self) -> usize {
-        self.tracker.open()
+        self.shared.tracker.open()
     }
 
     /// Resolves when the server has given up (its registry crashed more often than
@@ -391,7 +387,7 @@ impl ServerHandle {
             .await
             .is_ok();
         if !drained {
-            tracing::warn!(timeout = ?self.drain_timeout, open = self.tracker.open(),
+            tracing::warn!(timeout = ?self.drain_timeout, open = self.shared.tracker.open(),
                 "drain timed out; closing the rest");
         }
         self.stop_arbiters();
@@ -399,7 +395,7 @@ impl ServerHandle {
     }
 
     async fn connections_closed(&self) {
-        while self.tracker.open() > 0 {
+        while self.shared.tracker.open() > 0 {
             tokio::time::sleep(CLOSED_POLL).await;
         }
     }

@@ -44,3 +44,5 @@ mod rooms;
 mod security;
 mod shutdown;
 mod supervision;
+#[cfg(feature = "ws")]
+mod ws;

@@ -2,6 +2,7 @@
 //! Test harness: a real server on port 0 and a raw line-oriented client over real sockets.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use heartwire::{Config, ServerBuilder, ServerHandle};
@@ -331,7 +332,7 @@ impl RawClient {
 
 /// Writes a test CA and a server certificate for `localhost` and `127.0.0.1` into a fresh
 /// directory: (CA, certificate, key), as PEM files.
-pub fn test_pki() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+pub fn test_pki() -> (PathBuf, PathBuf, PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let dir = std::env::temp_dir().join(format!(
         "heartwire-tls-{}-{}",
@@ -356,3 +357,6 @@ pub fn test_pki() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf
     std::fs::write(&paths.2, key.serialize_pem()).unwrap();
     paths
 }
+
+#[cfg(feature = "ws")]
+pub mod ws;
