@@ -20,6 +20,7 @@ use self::accept::AcceptLoop;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, HistoryLimits, MemoryBroker};
 use crate::config::{Config, ConfigError};
+use crate::hooks::Hooks;
 use crate::limits::ConnectionTracker;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryLimits};
@@ -34,6 +35,8 @@ pub struct ServerBuilder {
     config: Config,
     handlers: Handlers,
     broker: Option<BrokerFactory>,
+    /// Set by the hook methods (`hooks/mod.rs`).
+    pub(crate) hooks: Hooks,
 }
 
 /// Why a server did not start.
@@ -70,6 +73,7 @@ impl ServerBuilder {
             config,
             handlers,
             broker: None,
+            hooks: Hooks::default(),
         }
     }
 
@@ -104,6 +108,7 @@ impl ServerBuilder {
             );
         }
         let tls = config.tls.acceptor()?;
+        let hooks = self.hooks.with_http(&config)?;
         let listener = accept::bind(&config).map_err(|source| StartError::Listen {
             addr: config.listen,
             source,
@@ -142,6 +147,7 @@ impl ServerBuilder {
             registry.clone(),
             self.handlers,
             authenticator,
+            hooks,
             metrics.clone(),
         );
         let stop_accepting = CancellationToken::new();
