@@ -29,6 +29,7 @@ mod embedding;
 mod extension;
 mod framing;
 mod handshake;
+mod hooks;
 mod hostile;
 #[cfg(feature = "http")]
 mod http_api;
