@@ -38,8 +38,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::panic::AssertUnwindSafe;
+
 use actix::{Message, Recipient};
 use futures_util::future::LocalBoxFuture;
+use futures_util::FutureExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -499,8 +502,9 @@ impl Labelled for MessageDecision {
 }
 
 impl Hooks {
-    /// Calls `hook` with `request`, bounded by `timeout`, and counts the outcome. The future
-    /// is `'static` so that a session can wait on it in `ctx.wait`.
+    /// Calls `hook` with `request`, bounded by `timeout`, and counts the outcome. A hook that
+    /// panics has failed (the session lives on). The future is `'static` so that a session can
+    /// wait on it in `ctx.wait`.
     pub(crate) fn call<R>(
         &self,
         hook: &Arc<dyn Hook<R>>,
@@ -513,11 +517,19 @@ impl Hooks {
         R: HookRequest,
         R::Decision: Labelled,
     {
-        let call = hook.call(request);
+        let started = Instant::now();
+        let call = std::panic::catch_unwind(AssertUnwindSafe(|| hook.call(request)));
         let failures = self.failures.clone();
         async move {
-            let started = Instant::now();
-            let outcome = match tokio::time::timeout(timeout, call).await {
+            let answer = match call {
+                Ok(call) => tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind())
+                    .await
+                    .map(|answer| {
+                        answer.unwrap_or_else(|_| Err(HookError::new("the hook panicked")))
+                    }),
+                Err(_) => Ok(Err(HookError::new("the hook panicked"))),
+            };
+            let outcome = match answer {
                 Ok(Ok(decision)) => Outcome::Decided(decision),
                 Ok(Err(error)) => Outcome::Failed(error),
                 Err(_) => Outcome::TimedOut,

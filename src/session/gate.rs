@@ -164,7 +164,7 @@ impl Session {
         };
         let call = self.call_hook(&hook, msg.request(caller));
         ctx.wait(call.into_actor(self).map(move |outcome, act, ctx| {
-            if act.closing {
+            if act.is_closing() {
                 return;
             }
             let allow = act.shared.config.hooks.on_failure == FailurePolicy::Allow;
@@ -221,18 +221,18 @@ impl Session {
         };
         let call = self.call_hook(&hook, request);
         ctx.wait(call.into_actor(self).map(move |outcome, act, ctx| {
-            if act.closing {
+            if act.is_closing() {
                 return;
             }
+            let allow = act.shared.config.hooks.on_failure == FailurePolicy::Allow;
             let accepted = match outcome {
                 Outcome::Decided(ConnectDecision::Accept(accept)) => accept,
                 Outcome::Decided(ConnectDecision::Reject(reason)) => {
                     tracing::info!(parent: &act.span, session = %act.wire_id, %reason, "connect hook refused");
                     return act.refuse_connect(&reason, None);
                 }
-                Outcome::TimedOut | Outcome::Failed(_)
-                    if act.shared.config.hooks.on_failure == FailurePolicy::Allow =>
-                {
+                // Allowing lets in the user the client or its token named; none, none at all.
+                Outcome::TimedOut | Outcome::Failed(_) if allow && user.is_some() => {
                     ConnectAccept::default()
                 }
                 Outcome::TimedOut | Outcome::Failed(_) => {
@@ -263,6 +263,12 @@ impl Session {
                 None => act.refuse_connect("the connect hook named no user", None),
             }
         }));
+    }
+
+    /// Whether the session stopped caring about answers: it is closing, or the registry or its
+    /// writer closed its outbox (a drain, a kick, a slow consumer) while a hook ran.
+    fn is_closing(&self) -> bool {
+        self.closing || self.outbox.closing().is_some()
     }
 
     /// `error{code:"unauthorized"}`, then `bye{reason:"unauthorized"}`.

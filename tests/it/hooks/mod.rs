@@ -467,6 +467,41 @@ async fn connect_hook_timeout_denies_with_a_reconnect_hint() {
     assert!((400..=800).contains(&hint), "{hint}");
 }
 
+#[actix_rt::test]
+async fn a_panicking_hook_is_a_failure_and_the_session_lives_on() {
+    let server = start(
+        ServerBuilder::new(config()).on_publish(|p: PublishRequest| async move {
+            assert!(!p.data.get().contains("boom"), "the hook's own bug");
+            MessageDecision::Accept
+        }),
+    );
+    let (mut c, _) = subscriber(server.local_addr(), "u", "r").await;
+    c.send(json!({"type": "publish", "room": "r", "data": "boom", "id": "1"}))
+        .await;
+    expect_error(&mut c, "internal", Some("1")).await;
+    c.send(json!({"type": "publish", "room": "r", "data": "fine", "id": "2"}))
+        .await;
+    assert_eq!(c.recv_type("message").await["data"], "fine");
+    assert_eq!(metric(&server, &calls("publish", "error")).await, 1);
+}
+
+#[actix_rt::test]
+async fn allowing_a_failed_connect_hook_still_needs_a_user() {
+    let server = start(
+        ServerBuilder::new(with_hooks(HooksConfig {
+            timeout: Duration::from_millis(50),
+            on_failure: FailurePolicy::Allow,
+            ..HooksConfig::default()
+        }))
+        .on_connect(|_hello: ConnectRequest| std::future::pending()),
+    );
+    let mut c = Client::connect(server.local_addr()).await;
+    c.send(json!({"type": "hello", "token": "opaque"})).await;
+    let frames = c.until_closed().await;
+    assert_eq!(frames[0]["code"], "unauthorized", "{frames:?}");
+    assert!(frames[1]["reconnect_ms"].is_u64(), "{frames:?}");
+}
+
 /// A hook actor that stops when told; a stopped hook is a failure, not a decision.
 struct Fragile;
 
