@@ -115,15 +115,31 @@ impl HooksConfig {
         .into_iter()
     }
 
-    /// The URL the `kind` hook posts to, if it is on: its own URL, else `url` + `/kind`.
-    pub fn url_for(&self, kind: HookKind) -> Option<String> {
-        let own = match kind {
+    /// The `kind` hook's own URL setting.
+    fn own_url(&self, kind: HookKind) -> &Option<String> {
+        match kind {
             HookKind::Connect => &self.connect_url,
             HookKind::Subscribe => &self.subscribe_url,
             HookKind::Publish => &self.publish_url,
             HookKind::Send => &self.send_url,
-        };
-        own.clone().or_else(|| {
+        }
+    }
+
+    /// The key [`url_for`](Self::url_for) takes `kind`'s URL from, to name it in errors.
+    #[cfg(any(feature = "hooks-http", test))]
+    pub(crate) fn url_key(&self, kind: HookKind) -> &'static str {
+        match (kind, self.own_url(kind).is_some()) {
+            (_, false) => "hooks.url",
+            (HookKind::Connect, true) => "hooks.connect_url",
+            (HookKind::Subscribe, true) => "hooks.subscribe_url",
+            (HookKind::Publish, true) => "hooks.publish_url",
+            (HookKind::Send, true) => "hooks.send_url",
+        }
+    }
+
+    /// The URL the `kind` hook posts to, if it is on: its own URL, else `url` + `/kind`.
+    pub fn url_for(&self, kind: HookKind) -> Option<String> {
+        self.own_url(kind).clone().or_else(|| {
             let base = self.url.as_deref()?;
             Some(format!("{}/{kind}", base.trim_end_matches('/')))
         })
@@ -202,6 +218,8 @@ mod tests {
             ..HooksConfig::default()
         };
         assert_eq!(only.url_for(HookKind::Connect), None);
+        assert_eq!(c.url_key(HookKind::Connect), "hooks.url");
+        assert_eq!(c.url_key(HookKind::Publish), "hooks.publish_url");
         assert!(only.has_urls());
         assert!(!HooksConfig::default().has_urls());
     }

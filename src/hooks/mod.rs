@@ -436,17 +436,18 @@ impl Hooks {
             let hooks_config = &config.hooks;
             let http = http::HttpHooks::new(hooks_config, config.max_frame);
             let url = |kind| hooks_config.url_for(kind);
+            let key = |kind| hooks_config.url_key(kind);
             if hooks.connect.is_none() {
-                hooks.connect = http.hook("hooks.connect_url", url(HookKind::Connect))?;
+                hooks.connect = http.hook(key(HookKind::Connect), url(HookKind::Connect))?;
             }
             if hooks.subscribe.is_none() {
-                hooks.subscribe = http.hook("hooks.subscribe_url", url(HookKind::Subscribe))?;
+                hooks.subscribe = http.hook(key(HookKind::Subscribe), url(HookKind::Subscribe))?;
             }
             if hooks.publish.is_none() {
-                hooks.publish = http.hook("hooks.publish_url", url(HookKind::Publish))?;
+                hooks.publish = http.hook(key(HookKind::Publish), url(HookKind::Publish))?;
             }
             if hooks.send.is_none() {
-                hooks.send = http.hook("hooks.send_url", url(HookKind::Send))?;
+                hooks.send = http.hook(key(HookKind::Send), url(HookKind::Send))?;
             }
             Ok(hooks)
         }

@@ -231,7 +231,7 @@ impl Session {
                     tracing::info!(parent: &act.span, session = %act.wire_id, %reason, "connect hook refused");
                     return act.refuse_connect(&reason, None);
                 }
-                // Allowing lets in the user the client or its token named; none, none at all.
+                // `allow` lets in the user `hello` or its token named; without one, nobody.
                 Outcome::TimedOut | Outcome::Failed(_) if allow && user.is_some() => {
                     ConnectAccept::default()
                 }
