@@ -8,8 +8,10 @@
 //! - `hooks/pipelined x8/*`: eight clients each write 250 publishes at once and wait for all
 //!   their acks: throughput with a full pipeline (each session still runs one hook at a time).
 //!
-//! After criterion, the variants take turns at 300 round trips, ten times over (after a round
-//! to warm up), and the bench prints p50/p90/p99 of each.
+//! After criterion, the variants take turns, ten times over (after a round to warm up), at a
+//! pipelined batch and at 300 round trips; the bench prints each one's median throughput and
+//! its round-trip p50/p90/p99. Under a varying load these interleaved figures compare the
+//! variants more fairly than criterion's, which measures one variant after the other.
 //!
 //!     cargo bench --bench hooks
 
@@ -189,6 +191,49 @@ fn main() {
     criterion.final_summary();
 
     // Interleaved rounds, so that a change in the machine's load hits every variant alike.
+    println!(
+        "\npipelined x{PIPELINE_CLIENTS} throughput (median of 10 interleaved batches of {} publishes):",
+        PIPELINE_CLIENTS * PIPELINE_DEPTH
+    );
+    let mut pools: Vec<Vec<Publisher>> = servers
+        .iter()
+        .map(|(_, server)| {
+            system.block_on(async {
+                let mut clients = Vec::new();
+                for n in 0..PIPELINE_CLIENTS {
+                    clients.push(Publisher::connect(server.local_addr(), 200 + n).await);
+                }
+                clients
+            })
+        })
+        .collect();
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
+    for round in 0..11 {
+        for (clients, rates) in pools.iter_mut().zip(&mut rates) {
+            let elapsed = system.block_on(async {
+                let start = Instant::now();
+                let batches = clients.iter_mut().map(|c| async move {
+                    c.publish(PIPELINE_DEPTH).await;
+                    c.until("\"ack\"", PIPELINE_DEPTH).await;
+                });
+                futures_util::future::join_all(batches).await;
+                start.elapsed()
+            });
+            if round > 0 {
+                rates.push((PIPELINE_CLIENTS * PIPELINE_DEPTH) as f64 / elapsed.as_secs_f64());
+            }
+        }
+    }
+    for ((name, _), mut rates) in servers.iter().zip(rates) {
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "  {name:<11} median {:>8.0} publishes/s  (min {:.0}, max {:.0})",
+            rates[rates.len() / 2],
+            rates[0],
+            rates[rates.len() - 1]
+        );
+    }
+
     println!("\nround trip percentiles (10 interleaved rounds of 300 publishes per variant):");
     let mut publishers: Vec<Publisher> = servers
         .iter()
