@@ -14,8 +14,8 @@ use heartwire::hooks::{FailurePolicy, HooksConfig};
 use heartwire::{Config, ServerBuilder, ServerHandle};
 use serde_json::{json, Value};
 
-use super::{calls, expect_error, metric};
-use crate::common::{config, subscriber, Client};
+use super::{calls, config, expect_error, metric};
+use crate::common::{subscriber, Client};
 
 pub const SECRET: &str = "hook-secret-for-tests";
 
@@ -139,6 +139,14 @@ impl Drop for Backend {
     }
 }
 
+/// Hooks with a timeout no loaded machine reaches by accident.
+fn patient() -> HooksConfig {
+    HooksConfig {
+        timeout: Duration::from_secs(5),
+        ..HooksConfig::default()
+    }
+}
+
 fn hooked(url: &str, hooks: HooksConfig) -> Config {
     Config {
         hooks: HooksConfig {
@@ -157,7 +165,7 @@ fn start(config: Config) -> ServerHandle {
 #[actix_rt::test]
 async fn http_hooks_accept_reject_and_rewrite() {
     let backend = Backend::start();
-    let server = start(hooked(&backend.url, HooksConfig::default()));
+    let server = start(hooked(&backend.url, patient()));
     let addr = server.local_addr();
 
     // connect: the backend names the user from the application's token, adds meta and a send
@@ -264,7 +272,7 @@ async fn http_hooks_accept_reject_and_rewrite() {
 #[actix_rt::test]
 async fn a_wrong_secret_or_a_malformed_answer_is_a_failure() {
     let backend = Backend::start();
-    let mut config = hooked(&backend.url, HooksConfig::default());
+    let mut config = hooked(&backend.url, patient());
     config.hooks.secret = Some("not-the-secret".into());
     let server = start(config);
     let mut c = Client::connect(server.local_addr()).await;
@@ -275,7 +283,7 @@ async fn a_wrong_secret_or_a_malformed_answer_is_a_failure() {
     assert_eq!(backend.seen.bad_secret.load(Ordering::Relaxed), 1);
     assert_eq!(metric(&server, &calls("connect", "error")).await, 1);
 
-    let server = start(hooked(&backend.url, HooksConfig::default()));
+    let server = start(hooked(&backend.url, patient()));
     let (mut c, _) = Client::hello(server.local_addr(), "u").await;
     c.send(json!({"type": "publish", "room": "r", "data": {"text": "garbage"}, "id": "g"}))
         .await;
@@ -294,7 +302,7 @@ fn dead_url() -> String {
 #[actix_rt::test]
 async fn backend_down_denies_by_default_and_allows_when_configured() {
     let url = dead_url();
-    let deny = start(hooked(&url, HooksConfig::default()));
+    let deny = start(hooked(&url, patient()));
     let mut c = Client::connect(deny.local_addr()).await;
     c.send(json!({"type": "hello", "user": "u"})).await;
     let frames = c.until_closed().await;
@@ -306,7 +314,7 @@ async fn backend_down_denies_by_default_and_allows_when_configured() {
         &url,
         HooksConfig {
             on_failure: FailurePolicy::Allow,
-            ..HooksConfig::default()
+            ..patient()
         },
     ));
     let (mut c, _) = subscriber(allow.local_addr(), "u", "r").await;
@@ -322,13 +330,20 @@ async fn backend_down_denies_by_default_and_allows_when_configured() {
 #[actix_rt::test]
 async fn slow_backend_times_out_with_either_policy() {
     let backend = Backend::start();
-    let timeout = HooksConfig {
-        timeout: Duration::from_millis(200),
-        ..HooksConfig::default()
+    // Only the publish hook, so that nothing else meets the short timeout.
+    let timeout = |on_failure| Config {
+        hooks: HooksConfig {
+            publish_url: Some(format!("{}/publish", backend.url)),
+            secret: Some(SECRET.into()),
+            timeout: Duration::from_secs(1),
+            on_failure,
+            ..HooksConfig::default()
+        },
+        ..config()
     };
-    let deny = start(hooked(&backend.url, timeout.clone()));
+    let deny = start(timeout(FailurePolicy::Deny));
     let (mut c, _) = subscriber(deny.local_addr(), "u", "r").await;
-    c.send(json!({"type": "publish", "room": "r", "data": {"text": "sleep 3000"}, "id": "1"}))
+    c.send(json!({"type": "publish", "room": "r", "data": {"text": "sleep 8000"}, "id": "1"}))
         .await;
     expect_error(&mut c, "internal", Some("1")).await;
     c.send(json!({"type": "publish", "room": "r", "data": {"text": "quick"}, "id": "2"}))
@@ -336,17 +351,11 @@ async fn slow_backend_times_out_with_either_policy() {
     assert_eq!(c.recv_type("message").await["data"]["text"], "quick");
     assert_eq!(metric(&deny, &calls("publish", "timeout")).await, 1);
 
-    let allow = start(hooked(
-        &backend.url,
-        HooksConfig {
-            on_failure: FailurePolicy::Allow,
-            ..timeout
-        },
-    ));
+    let allow = start(timeout(FailurePolicy::Allow));
     let (mut c, _) = subscriber(allow.local_addr(), "u", "r").await;
-    c.send(json!({"type": "publish", "room": "r", "data": {"text": "sleep 3000"}, "id": "1"}))
+    c.send(json!({"type": "publish", "room": "r", "data": {"text": "sleep 8000"}, "id": "1"}))
         .await;
-    assert_eq!(c.recv_type("message").await["data"]["text"], "sleep 3000");
+    assert_eq!(c.recv_type("message").await["data"]["text"], "sleep 8000");
     assert_eq!(metric(&allow, &calls("publish", "timeout")).await, 1);
 }
 

@@ -27,14 +27,26 @@ use heartwire::{AppFrame, Config, ErrorCode, ServerBuilder, ServerHandle, Sessio
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use crate::common::{config, subscriber, Client};
+use crate::common::{subscriber, Client};
+
+/// The suite's config with a hook timeout no loaded machine reaches by accident; tests of
+/// timeouts set their own.
+fn config() -> Config {
+    with_hooks(HooksConfig {
+        timeout: Duration::from_secs(5),
+        ..HooksConfig::default()
+    })
+}
 
 fn start(builder: ServerBuilder) -> ServerHandle {
     builder.start().expect("server starts")
 }
 
 fn with_hooks(hooks: HooksConfig) -> Config {
-    Config { hooks, ..config() }
+    Config {
+        hooks,
+        ..crate::common::config()
+    }
 }
 
 /// Asserts the next non-ping frame is `error{code, id}` and returns its message.
