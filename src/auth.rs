@@ -2,10 +2,12 @@
 //!
 //! With a shared secret (HS256) or a public key file (RS256/RS384/RS512 or ES256/ES384) the
 //! server accepts a connection only with a valid token: `sub` becomes the user, `exp` is
-//! enforced with a small leeway (and the session is closed when its token expires), and an
-//! optional `rooms` claim limits what the user may subscribe and publish to. Patterns are
-//! exact room names or prefixes ending in `*` (`"team-42-*"`, `"*"`). Without a key the
-//! server trusts `hello.user` as claimed and says so at start.
+//! enforced with a small leeway (and the session is closed when its token expires), an
+//! optional `rooms` claim limits the rooms the user may name (subscribe, publish, presence,
+//! application frames), and an optional `send` claim limits the users it may `send` to. Patterns
+//! are exact names or prefixes ending in `*` (`"team-42-*"`, `"*"`). A token without a `send`
+//! claim, and every session when no key is configured, follows `auth.send` ([`SendPolicy`]).
+//! Without a key the server trusts `hello.user` as claimed and says so at start.
 //!
 //! Verification needs the `jwt` feature; without it a configured key is a start-up error, so a
 //! server never runs unauthenticated by accident.
@@ -19,9 +21,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::errors::ErrorKind;
 #[cfg(feature = "jwt")]
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::Deserialize;
+use std::sync::Arc;
+
 #[cfg(feature = "jwt")]
 use serde::Serialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::config::ConfigError;
 use crate::names::UserName;
@@ -37,6 +41,69 @@ pub struct AuthConfig {
     /// Clock skew tolerated on `exp` [default: 5s].
     #[serde(with = "humantime_serde")]
     pub leeway: Option<Duration>,
+    /// Whom a session may `send` to when its token has no `send` claim (and every session when
+    /// no key is configured) [default: any].
+    pub send: SendPolicy,
+}
+
+/// `auth.send`: the users a session may `send` to unless its token (or the connect hook) says
+/// otherwise. In TOML: `"any"`, `"none"`, or a list of user patterns (`["support", "bot-*"]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SendPolicy {
+    /// Every user (protocol v1's behaviour).
+    #[default]
+    Any,
+    /// Nobody: direct messages only for tokens whose `send` claim allows them.
+    None,
+    /// Users matching these patterns (exact names or `prefix*`).
+    Users(Vec<String>),
+}
+
+impl SendPolicy {
+    /// Parses the command-line form: `any`, `none`, or comma-separated user patterns.
+    pub fn parse(text: &str) -> SendPolicy {
+        match text.trim() {
+            "any" => SendPolicy::Any,
+            "none" | "" => SendPolicy::None,
+            list => SendPolicy::Users(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(String::from)
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The patterns a session starts with: `None` allows every user.
+    pub(crate) fn patterns(&self) -> Option<Patterns> {
+        match self {
+            SendPolicy::Any => None,
+            SendPolicy::None => Some(Patterns::new(Vec::new())),
+            SendPolicy::Users(users) => Some(Patterns::new(users.clone())),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SendPolicy {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Word(String),
+            Users(Vec<String>),
+        }
+        match Form::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom("expected \"any\", \"none\" or a list of user patterns")
+        })? {
+            Form::Word(word) if word == "any" => Ok(SendPolicy::Any),
+            Form::Word(word) if word == "none" => Ok(SendPolicy::None),
+            Form::Word(word) => Err(serde::de::Error::custom(format!(
+                "`{word}`: expected \"any\", \"none\" or a list of user patterns"
+            ))),
+            Form::Users(users) => Ok(SendPolicy::Users(users)),
+        }
+    }
 }
 
 /// Shortest HS256 secret the server accepts.
@@ -51,30 +118,35 @@ pub struct Claims {
     pub sub: String,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
-    /// Rooms the user may subscribe and publish to: exact names or `prefix*` patterns.
-    /// Absent: every room.
+    /// Rooms the user may name (subscribe, publish, presence, application frames): exact names
+    /// or `prefix*` patterns. Absent: every room.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rooms: Option<Vec<String>>,
+    /// Users the user may `send` to: exact names or `prefix*` patterns. Absent: `auth.send`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<Vec<String>>,
 }
 
-/// Which rooms a user may use.
+/// Which names (rooms or users) a session may use: exact names or `prefix*` patterns. Shared,
+/// because the configured default is the same for every session.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RoomPolicy {
-    patterns: Vec<String>,
+pub(crate) struct Patterns {
+    patterns: Arc<[String]>,
 }
 
-impl RoomPolicy {
-    /// A policy from `rooms` claim patterns.
-    #[cfg_attr(not(feature = "jwt"), allow(dead_code))]
+impl Patterns {
+    /// A policy from claim patterns.
     pub(crate) fn new(patterns: Vec<String>) -> Self {
-        RoomPolicy { patterns }
+        Patterns {
+            patterns: patterns.into(),
+        }
     }
 
-    /// Whether `room` matches one of the patterns.
-    pub(crate) fn allows(&self, room: &str) -> bool {
+    /// Whether `name` matches one of the patterns.
+    pub(crate) fn allows(&self, name: &str) -> bool {
         self.patterns.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => room.starts_with(prefix),
-            None => p == room,
+            Some(prefix) => name.starts_with(prefix),
+            None => p == name,
         })
     }
 }
@@ -85,7 +157,9 @@ pub(crate) struct Identity {
     /// The user (`sub`).
     pub(crate) user: UserName,
     /// Room restrictions; `None` allows every room.
-    pub(crate) rooms: Option<RoomPolicy>,
+    pub(crate) rooms: Option<Patterns>,
+    /// `send` restrictions from the token; `None` leaves them to `auth.send`.
+    pub(crate) send: Option<Patterns>,
     /// How long until the token expires (leeway included).
     pub(crate) expires_in: Duration,
 }
@@ -184,7 +258,8 @@ impl Authenticator {
         let deadline = claims.exp.saturating_add(self.validation.leeway);
         Ok(Identity {
             user,
-            rooms: claims.rooms.map(RoomPolicy::new),
+            rooms: claims.rooms.map(Patterns::new),
+            send: claims.send.map(Patterns::new),
             expires_in: Duration::from_secs(deadline.saturating_sub(unix_now())),
         })
     }
@@ -239,13 +314,23 @@ pub fn mint_token(
     rooms: Option<Vec<String>>,
     ttl: Duration,
 ) -> Result<String, AuthError> {
+    mint_claims(
+        secret,
+        Claims {
+            sub: user.to_owned(),
+            exp: unix_now().saturating_add(ttl.as_secs()),
+            rooms,
+            send: None,
+        },
+    )
+}
+
+/// Mints an HS256 token carrying `claims` (for a `send` claim, or an `exp` of your choosing).
+/// Refuses a secret or a user the server would refuse.
+#[cfg(feature = "jwt")]
+pub fn mint_claims(secret: &str, claims: Claims) -> Result<String, AuthError> {
     check_secret(secret).map_err(|reason| AuthError::Invalid(format!("secret {reason}")))?;
-    UserName::new(user).map_err(|e| AuthError::Invalid(format!("user {}", e.reason())))?;
-    let claims = Claims {
-        sub: user.to_owned(),
-        exp: unix_now().saturating_add(ttl.as_secs()),
-        rooms,
-    };
+    UserName::new(&claims.sub).map_err(|e| AuthError::Invalid(format!("user {}", e.reason())))?;
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -291,6 +376,43 @@ mod tests {
     }
 
     #[test]
+    fn send_claim_and_default() {
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: unix_now() + 60,
+            rooms: None,
+            send: Some(vec!["support".into(), "bot-*".into()]),
+        };
+        let id = auth()
+            .verify(&mint_claims(SECRET, claims).unwrap())
+            .unwrap();
+        let send = id.send.unwrap();
+        assert!(send.allows("support") && send.allows("bot-7") && !send.allows("bob"));
+        let token = mint_token(SECRET, "bob", None, Duration::from_secs(60)).unwrap();
+        assert!(auth().verify(&token).unwrap().send.is_none());
+
+        let parse = |text: &str| toml::from_str::<AuthConfig>(text).map(|c| c.send);
+        assert_eq!(parse("").unwrap(), SendPolicy::Any);
+        assert_eq!(parse("send = \"none\"").unwrap(), SendPolicy::None);
+        assert_eq!(
+            parse("send = [\"ops-*\"]").unwrap(),
+            SendPolicy::Users(vec!["ops-*".into()])
+        );
+        let err = parse("send = \"everyone\"").unwrap_err().to_string();
+        assert!(err.contains("everyone"), "{err}");
+        assert!(parse("send = 3").is_err());
+        assert_eq!(SendPolicy::parse("any"), SendPolicy::Any);
+        assert_eq!(SendPolicy::parse("none"), SendPolicy::None);
+        assert_eq!(
+            SendPolicy::parse("a, b*"),
+            SendPolicy::Users(vec!["a".into(), "b*".into()])
+        );
+        let none = SendPolicy::None.patterns().unwrap();
+        assert!(!none.allows("anyone"));
+        assert!(SendPolicy::Any.patterns().is_none());
+    }
+
+    #[test]
     fn forged_and_expired_tokens_are_refused() {
         let forged = mint_token(
             "another-secret-of-16",
@@ -304,6 +426,7 @@ mod tests {
             sub: "alice".into(),
             exp: unix_now() - 60,
             rooms: None,
+            send: None,
         };
         let expired = jsonwebtoken::encode(
             &Header::default(),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::AuthConfig;
+use crate::hooks::HooksConfig;
 use crate::limits::LimitsConfig;
 use crate::tls::TlsConfig;
 
@@ -88,6 +89,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Connection, rate and size limits.
     pub limits: LimitsConfig,
+    /// Application hooks: their timeout, their failure answer, and HTTP hook URLs.
+    pub hooks: HooksConfig,
     /// The HTTP API (off unless `http.listen` is set).
     #[cfg(feature = "http")]
     pub http: crate::http::HttpConfig,
@@ -159,6 +162,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            hooks: HooksConfig::default(),
             #[cfg(feature = "http")]
             http: crate::http::HttpConfig::default(),
             #[cfg(feature = "ws")]
@@ -280,6 +284,7 @@ impl Config {
             return Err(invalid("server_name", "must not be empty"));
         }
         self.limits.validate()?;
+        self.hooks.validate()?;
         if self.presence_events.iter().any(|p| p.len() > 256) {
             return Err(invalid(
                 "presence_events",

@@ -22,6 +22,7 @@
 //! | [`ServerBuilder`], [`ServerHandle`] | starting a server, and everything an application does with a running one |
 //! | [`Config`] | every setting, validated; sub-configs per subsystem |
 //! | [`Session`], [`FrameHandler`], [`AppFrame`] | the per-connection actor and the extension point for new frame types |
+//! | [`hooks`] | the application decides who connects, subscribes, publishes and sends (in code, or over HTTP with `hooks-http`) |
 //! | [`Registry`] | the actor that tracks users and rooms and fans out; applications may add `Handler<M> for Registry` |
 //! | [`broker`] | the seam where a room's sequence, history and dedupe live ([`MemoryBroker`]) |
 //! | [`names`] | room, user and id names, validated once against the configured limits |
@@ -35,7 +36,8 @@
 //! `default = ["cli"]` builds the `heartwire` binary and everything it can switch on. An
 //! application embedding only the server takes `default-features = false` and adds what it
 //! needs: `http` (actix-web HTTP API), `ws` (WebSocket listener, actix-ws), `tls` (rustls),
-//! `jwt` (token authentication), `client` (the client actor).
+//! `jwt` (token authentication), `client` (the client actor), `hooks-http` (hooks that call
+//! the application's backend over HTTP, with actix's `awc` client).
 #![deny(missing_docs)]
 
 mod auth;
@@ -43,6 +45,7 @@ pub mod broker;
 #[cfg(feature = "client")]
 pub mod client;
 mod config;
+pub mod hooks;
 #[cfg(feature = "http")]
 pub mod http;
 mod limits;
@@ -60,9 +63,9 @@ mod tls;
 #[cfg(feature = "ws")]
 pub mod ws;
 
-pub use auth::AuthConfig;
 #[cfg(feature = "jwt")]
-pub use auth::{mint_token, Claims};
+pub use auth::{mint_claims, mint_token, Claims};
+pub use auth::{AuthConfig, SendPolicy};
 pub use broker::MemoryBroker;
 pub use config::{Config, ConfigError, TcpConfig};
 pub use limits::LimitsConfig;

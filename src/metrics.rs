@@ -167,6 +167,28 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// `hook` of the hook metrics: which application hook was called.
+    HookName {
+        Connect = "connect",
+        Subscribe = "subscribe",
+        Publish = "publish",
+        Send = "send",
+    }
+);
+
+label_enum!(
+    /// `outcome` of a hook call: what the hook decided, or how it failed to (the configured
+    /// `hooks.on_failure` answer then applied).
+    HookOutcome {
+        Accept = "accept",
+        Reject = "reject",
+        Replace = "replace",
+        Timeout = "timeout",
+        Error = "error",
+    }
+);
+
 /// One label: its key and a label enum's value.
 type Label<L> = [(&'static str, L); 1];
 
@@ -199,6 +221,10 @@ pub struct Metrics {
     room_fills: Counter,
     room_resyncs: Counter,
     limits: Handles,
+    /// Indexed by `hook × HookOutcome::ALL.len() + outcome`.
+    hook_calls: Vec<Counter>,
+    /// Indexed by hook.
+    hook_seconds: Vec<Histogram>,
     connections: Gauge,
     identified: Gauge,
     users: Gauge,
@@ -249,6 +275,40 @@ where
             .map(|v| family.get_or_create(&[(key, v.clone())]).clone())
             .collect(),
     )
+}
+
+/// The hook families: calls by hook and outcome, and time to the answer by hook.
+fn hook_families(registry: &mut PromRegistry) -> (Vec<Counter>, Vec<Histogram>) {
+    let calls = Family::<(Label<HookName>, Label<HookOutcome>), Counter>::default();
+    registry.register(
+        "hook_calls",
+        "Application hook calls, by hook and outcome (timeout and error: hooks.on_failure applied)",
+        calls.clone(),
+    );
+    let calls = HookName::ALL
+        .iter()
+        .flat_map(|h| HookOutcome::ALL.iter().map(move |o| (*h, *o)))
+        .map(|(h, o)| {
+            calls
+                .get_or_create(&([("hook", h)], [("outcome", o)]))
+                .clone()
+        })
+        .collect();
+    fn buckets() -> Histogram {
+        Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+    }
+    let seconds =
+        Family::<Label<HookName>, Histogram, fn() -> Histogram>::new_with_constructor(buckets);
+    registry.register(
+        "hook_duration_seconds",
+        "Time from a hook call to its answer or failure, by hook",
+        seconds.clone(),
+    );
+    let seconds = HookName::ALL
+        .iter()
+        .map(|h| seconds.get_or_create(&[("hook", *h)]).clone())
+        .collect();
+    (calls, seconds)
 }
 
 fn counter(registry: &mut PromRegistry, name: &str, help: &str) -> Counter {
@@ -345,6 +405,7 @@ impl Metrics {
             "limit",
             Limit::ALL,
         );
+        let (hook_calls, hook_seconds) = hook_families(&mut r);
         let connections = gauge(&mut r, "connections", "Open connections (sessions)");
         let identified = gauge(
             &mut r,
@@ -383,6 +444,8 @@ impl Metrics {
             room_fills,
             room_resyncs,
             limits,
+            hook_calls,
+            hook_seconds,
             connections,
             identified,
             users,
@@ -423,6 +486,13 @@ impl Metrics {
     /// A limit triggered.
     pub(crate) fn limit_hit(&self, limit: Limit) {
         self.limits.get(limit).inc();
+    }
+
+    /// A hook call ended with `outcome` after `elapsed`.
+    pub(crate) fn hook_call(&self, hook: HookName, outcome: HookOutcome, elapsed: Duration) {
+        let at = usize::from(hook) * HookOutcome::ALL.len() + usize::from(outcome);
+        self.hook_calls[at].inc();
+        self.hook_seconds[usize::from(hook)].observe(elapsed.as_secs_f64());
     }
 
     /// A line arrived and was parsed into `frame`.
@@ -592,6 +662,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("heartwire_slow_consumer_closes_total 1\n"));
+        m.hook_call(
+            HookName::Publish,
+            HookOutcome::Timeout,
+            Duration::from_millis(3),
+        );
+        let text = m.encode();
+        assert!(
+            text.contains("heartwire_hook_calls_total{hook=\"publish\",outcome=\"timeout\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("heartwire_hook_calls_total{hook=\"send\",outcome=\"accept\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("heartwire_hook_duration_seconds_count{hook=\"publish\"} 1\n"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("heartwire_"), "{line}");

@@ -16,8 +16,8 @@ use serde_json::value::RawValue;
 
 use crate::names::{check_user, NameError, NameLimits};
 
-/// `error.code` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// `error.code` values. Deserializable, so that an application's hook can name one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// Not a JSON object with a string `type`.

@@ -23,6 +23,7 @@ use self::accept::AcceptLoop;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, HistoryLimits, MemoryBroker};
 use crate::config::{Config, ConfigError};
+use crate::hooks::Hooks;
 use crate::metrics::Metrics;
 use crate::registry::keeper::{self, BuildRegistry, Intensity};
 use crate::registry::{Registry, RegistryLimits};
@@ -37,6 +38,8 @@ pub struct ServerBuilder {
     config: Config,
     handlers: Handlers,
     broker: Option<BrokerFactory>,
+    /// Set by the hook methods (`hooks/mod.rs`).
+    pub(crate) hooks: Hooks,
 }
 
 /// Why a server did not start.
@@ -85,6 +88,7 @@ impl ServerBuilder {
             config,
             handlers,
             broker: None,
+            hooks: Hooks::default(),
         }
     }
 
@@ -119,6 +123,7 @@ impl ServerBuilder {
             );
         }
         let tls = config.tls.acceptor()?;
+        let hooks = self.hooks.with_http(&config)?;
         let listener = accept::bind(&config).map_err(|source| StartError::Listen {
             addr: config.listen,
             source,
@@ -171,6 +176,7 @@ impl ServerBuilder {
             slot.clone(),
             self.handlers,
             authenticator,
+            hooks,
             metrics.clone(),
         );
         let stop_accepting = CancellationToken::new();

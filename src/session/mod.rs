@@ -19,6 +19,7 @@
 //! changed), it registers again with all of it ([`Rejoin`](registry::Rejoin)), and it closes
 //! itself if no registry can be reached: never a zombie that is pinged but receives nothing.
 
+mod gate;
 mod gauge;
 mod handler;
 mod heartbeat;
@@ -43,8 +44,9 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Span;
 
 use self::heartbeat::{Heartbeat, Tick};
-use crate::auth::{AuthError, Authenticator, RoomPolicy};
+use crate::auth::{AuthError, Authenticator, Patterns};
 use crate::config::Config;
+use crate::hooks::{Hooks, Meta};
 use crate::limits::{ConnectionPermit, ConnectionTracker};
 use crate::metrics::{Limit, Metrics};
 use crate::names::{FrameId, NameLimits, RoomName, UserName};
@@ -72,6 +74,10 @@ pub(crate) struct SessionShared {
     pub(crate) handlers: Handlers,
     /// Token verification, when authentication is configured.
     pub(crate) authenticator: Option<Authenticator>,
+    /// The application's hooks.
+    pub(crate) hooks: Hooks,
+    /// Whom a session may `send` to unless its token says (`auth.send`); `None`: anyone.
+    send_default: Option<Patterns>,
     names: NameLimits,
     /// The server's metrics.
     pub(crate) metrics: Arc<Metrics>,
@@ -89,15 +95,18 @@ impl SessionShared {
         slot: Arc<RegistrySlot>,
         handlers: Handlers,
         authenticator: Option<Authenticator>,
+        hooks: Hooks,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(SessionShared {
             names: config.limits.names(),
             tracker: ConnectionTracker::new(&config.limits),
+            send_default: config.auth.send.patterns(),
             config,
             slot,
             handlers,
             authenticator,
+            hooks,
             metrics,
             node: format!("{:06x}", fastrand::u32(..0x100_0000)),
             next_id: AtomicU64::new(1),
@@ -129,8 +138,13 @@ pub struct Session {
     handshake_timer: Option<SpawnHandle>,
     bad_frames: u32,
     closing: bool,
-    /// Rooms the user's token allows; `None` allows all.
-    room_policy: Option<RoomPolicy>,
+    /// Rooms the user's token (or the connect hook) allows; `None` allows all.
+    room_policy: Option<Patterns>,
+    /// Users this session may `send` to: the token's `send` claim, the connect hook's choice,
+    /// or `auth.send`; `None` allows all.
+    send_policy: Option<Patterns>,
+    /// What the connect hook attached.
+    meta: Meta,
     rate: Option<governor::DefaultDirectRateLimiter>,
     rate_violations: u32,
     _permit: Option<ConnectionPermit>,
@@ -198,6 +212,7 @@ impl Session {
                 addr.do_send(WriterDone(exit));
             });
             let rate = shared.config.limits.session_rate_limiter();
+            let send_policy = shared.send_default.clone();
             ctx.add_stream(incoming);
             // The generation first: a registry published in between makes this session
             // re-register once more, never keep a replaced address.
@@ -221,6 +236,8 @@ impl Session {
                 bad_frames: 0,
                 closing: false,
                 room_policy: None,
+                send_policy,
+                meta: Meta::default(),
                 rate,
                 rate_violations: 0,
                 _permit: permit,
@@ -255,6 +272,11 @@ impl Session {
         self.rooms.contains_key(room)
     }
 
+    /// What the connect hook attached to this session (empty without one).
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
     /// The server's name rules, to validate names in application frames.
     pub fn names(&self) -> &NameLimits {
         &self.shared.names
@@ -274,17 +296,38 @@ impl Session {
         self.room_allowed(&room, id).then_some(room)
     }
 
+    /// Checks a user a frame wants to message: the name, then the session's `send` policy (its
+    /// token's `send` claim, the connect hook's choice, or `auth.send`). On failure the client
+    /// gets `error` (`bad_request` or `forbidden`, with the frame's `id`) and the result is
+    /// `None`.
+    pub fn allowed_recipient(&self, user: &str, id: Option<&str>) -> Option<UserName> {
+        let user = match UserName::new(user) {
+            Ok(user) => user,
+            Err(e) => {
+                self.send_error(ErrorCode::BadRequest, &e.for_field("to").to_string(), id);
+                return None;
+            }
+        };
+        self.recipient_allowed(&user, id).then_some(user)
+    }
+
     /// Queues `frame` (see [`encode_line`]) on every other session subscribed to `room`: an
     /// unsequenced event such as "typing", not kept in history. Like every registry request of
     /// a session it is awaited before the session reads on, so it keeps its place among this
-    /// session's frames.
-    pub fn broadcast(&mut self, ctx: &mut Context<Self>, room: &RoomName, frame: Bytes) {
+    /// session's frames. A room the token's `rooms` claim does not allow is refused with
+    /// `error{code:"forbidden"}` (check it first with [`Session::allowed_room`] to give the
+    /// error the frame's `id`); the result says whether the frame went to the registry.
+    pub fn broadcast(&mut self, ctx: &mut Context<Self>, room: &RoomName, frame: Bytes) -> bool {
+        if !self.room_allowed(room, None) {
+            return false;
+        }
         let msg = registry::Broadcast {
             room: room.clone(),
             frame,
             except: Some(self.id),
         };
         self.ask(ctx, msg, |_, _, _| {});
+        true
     }
 
     /// The remote address.
@@ -531,6 +574,16 @@ impl Session {
         allowed
     }
 
+    /// Refuses a recipient the session's `send` policy does not allow.
+    fn recipient_allowed(&self, user: &UserName, id: Option<&str>) -> bool {
+        let allowed = self.send_policy.as_ref().is_none_or(|p| p.allows(user));
+        if !allowed {
+            tracing::info!(parent: &self.span, session = %self.wire_id, to = %user, "recipient not allowed");
+            self.send_error(ErrorCode::Forbidden, "you may not send to this user", id);
+        }
+        allowed
+    }
+
     /// Handles a parsed frame that arrived at `now`.
     fn dispatch(
         &mut self,
@@ -570,10 +623,12 @@ impl Session {
                     since: s.since,
                     epoch: s.epoch.map(|e| e.into_owned()),
                 };
-                self.ask(ctx, msg, move |act, _, cursor| {
-                    if let Some(cursor) = cursor {
-                        act.rooms.insert(room, cursor);
-                    }
+                self.gate(ctx, msg, move |act, ctx, msg| {
+                    act.ask(ctx, msg, move |act, _, cursor| {
+                        if let Some(cursor) = cursor {
+                            act.rooms.insert(room, cursor);
+                        }
+                    });
                 });
             }
             Inbound::Unsubscribe(u) => {
@@ -599,9 +654,13 @@ impl Session {
                     id: p.id.map(FrameId::checked),
                 };
                 // The registry queues the ack or the error itself.
-                self.ask(ctx, msg, |_, _, _| {});
+                self.gate(ctx, msg, |act, ctx, msg| act.ask(ctx, msg, |_, _, _| {}));
             }
             Inbound::Send(s) => {
+                let to = UserName::checked(s.to);
+                if !self.recipient_allowed(&to, s.id.as_deref()) {
+                    return;
+                }
                 let len = message_len(None, Some(&user), s.data, s.id.as_deref());
                 if !self.fits(len, s.id.as_deref()) {
                     return;
@@ -609,11 +668,11 @@ impl Session {
                 let msg = registry::SendTo {
                     session: Some(self.id),
                     from: Some(user),
-                    to: UserName::checked(s.to),
+                    to,
                     data: s.data.to_owned(),
                     id: s.id.map(FrameId::checked),
                 };
-                self.ask(ctx, msg, |_, _, _| {});
+                self.gate(ctx, msg, |act, ctx, msg| act.ask(ctx, msg, |_, _, _| {}));
             }
             Inbound::Bye(bye) => {
                 tracing::debug!(parent: &self.span, reason = ?bye.reason, "client said bye");
@@ -652,7 +711,10 @@ impl Session {
                         match verified {
                             Ok(identity) => {
                                 self.room_policy = identity.rooms;
-                                (identity.user, Some(identity.expires_in))
+                                if identity.send.is_some() {
+                                    self.send_policy = identity.send;
+                                }
+                                (Some(identity.user), Some(identity.expires_in))
                             }
                             Err(error) => {
                                 tracing::info!(parent: &self.span, session = %self.wire_id, %error, "authentication failed");
@@ -661,53 +723,10 @@ impl Session {
                             }
                         }
                     }
-                    None => match hello.user {
-                        Some(user) => (UserName::checked(user), None),
-                        None => {
-                            self.send_error(ErrorCode::BadRequest, "`user` is required", None);
-                            return;
-                        }
-                    },
+                    None => (hello.user.as_deref().map(UserName::checked), None),
                 };
-                let msg = registry::Identify {
-                    id: self.id,
-                    user: user.clone(),
-                };
-                self.ask(ctx, msg, move |act, ctx, result| match result {
-                    Ok(()) => {
-                        act.welcome(user, interval, ctx);
-                        if let Some(expires_in) = expires_in {
-                            ctx.run_later(expires_in, |act, _| {
-                                tracing::info!(parent: &act.span, session = %act.wire_id, "token expired");
-                                act.send_error(ErrorCode::Unauthorized, "token expired", None);
-                                act.close(ByeReason::Unauthorized, None);
-                            });
-                        }
-                    }
-                    Err(RegistryError::UserLimit) => {
-                        act.send_error(
-                            ErrorCode::Forbidden,
-                            "too many sessions for this user",
-                            None,
-                        );
-                        act.close(ByeReason::TooManyConnections, None);
-                    }
-                    Err(RegistryError::Draining) => act.close(ByeReason::Shutdown, None),
-                    Err(RegistryError::UnknownSession) => {
-                        act.send_error(ErrorCode::Internal, "session lost by the registry", None);
-                        act.close(ByeReason::Normal, None);
-                    }
-                    Err(RegistryError::Broker(error)) => {
-                        // The user index could not be checked: nothing was admitted.
-                        tracing::warn!(parent: &act.span, %error, "hello refused: store unavailable");
-                        act.send_error(
-                            ErrorCode::Unavailable,
-                            "the message store is unavailable; try again later",
-                            None,
-                        );
-                        let reconnect_ms = act.shared.config.shutdown_reconnect.as_millis() as u64;
-                        act.close(ByeReason::Shutdown, Some(reconnect_ms));
-                    }
+                self.gate_connect(ctx, &hello, user, move |act, ctx, user| {
+                    act.identify(ctx, user, interval, expires_in)
                 });
             }
             Inbound::Ping(ping) => {
@@ -727,6 +746,58 @@ impl Session {
                 self.send_error(ErrorCode::NotReady, "say hello first", id);
             }
         }
+    }
+
+    /// The handshake's last step: the registry indexes the user (and enforces
+    /// `max_sessions_per_user`), then `welcome` with the heartbeat `interval` granted to this
+    /// client.
+    fn identify(
+        &mut self,
+        ctx: &mut Context<Self>,
+        user: UserName,
+        interval: Duration,
+        expires_in: Option<Duration>,
+    ) {
+        let msg = registry::Identify {
+            id: self.id,
+            user: user.clone(),
+        };
+        self.ask(ctx, msg, move |act, ctx, result| match result {
+            Ok(()) => {
+                act.welcome(user, interval, ctx);
+                if let Some(expires_in) = expires_in {
+                    ctx.run_later(expires_in, |act, _| {
+                        tracing::info!(parent: &act.span, session = %act.wire_id, "token expired");
+                        act.send_error(ErrorCode::Unauthorized, "token expired", None);
+                        act.close(ByeReason::Unauthorized, None);
+                    });
+                }
+            }
+            Err(RegistryError::UserLimit) => {
+                act.send_error(
+                    ErrorCode::Forbidden,
+                    "too many sessions for this user",
+                    None,
+                );
+                act.close(ByeReason::TooManyConnections, None);
+            }
+            Err(RegistryError::Draining) => act.close(ByeReason::Shutdown, None),
+            Err(RegistryError::UnknownSession) => {
+                act.send_error(ErrorCode::Internal, "session lost by the registry", None);
+                act.close(ByeReason::Normal, None);
+            }
+            Err(RegistryError::Broker(error)) => {
+                // The user index could not be checked: nothing was admitted.
+                tracing::warn!(parent: &act.span, %error, "hello refused: store unavailable");
+                act.send_error(
+                    ErrorCode::Unavailable,
+                    "the message store is unavailable; try again later",
+                    None,
+                );
+                let reconnect_ms = act.shared.config.shutdown_reconnect.as_millis() as u64;
+                act.close(ByeReason::Shutdown, Some(reconnect_ms));
+            }
+        });
     }
 
     /// Completes the handshake with the heartbeat `interval` granted to this client.

@@ -356,3 +356,34 @@ fn serve_help_lists_every_flag() {
         );
     }
 }
+
+#[test]
+fn token_mints_the_rooms_and_send_claims() {
+    let secret = "cli-token-secret-0123";
+    let out = Command::new(env!("CARGO_BIN_EXE_heartwire"))
+        .args(["token", "--secret", secret, "--user", "alice"])
+        .args([
+            "--rooms",
+            "lobby,team-*",
+            "--send",
+            "support,bot-*",
+            "--ttl",
+            "5m",
+        ])
+        .output()
+        .expect("run heartwire token");
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    let claims = jsonwebtoken::decode::<heartwire::Claims>(
+        token.trim(),
+        &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .expect("a valid token")
+    .claims;
+    assert_eq!(claims.sub, "alice");
+    assert_eq!(claims.rooms.unwrap(), ["lobby", "team-*"]);
+    assert_eq!(claims.send.unwrap(), ["support", "bot-*"]);
+}

@@ -31,6 +31,7 @@ mod extension;
 mod frame_sizes;
 mod framing;
 mod handshake;
+mod hooks;
 mod hostile;
 #[cfg(feature = "http")]
 mod http_api;

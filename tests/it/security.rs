@@ -59,6 +59,7 @@ async fn missing_forged_and_expired_tokens_are_unauthorized() {
             sub: "alice".into(),
             exp: 1_000_000,
             rooms: None,
+            send: None,
         };
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),

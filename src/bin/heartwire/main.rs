@@ -2,6 +2,7 @@
 //! `heartwire bench` measures a server, `heartwire token` mints test tokens.
 
 mod connect;
+mod hook_args;
 mod http_args;
 mod serve_args;
 mod ws_args;
@@ -61,7 +62,17 @@ fn main() -> ExitCode {
 }
 
 fn token(args: TokenArgs) -> ExitCode {
-    match heartwire::mint_token(&args.secret, &args.user, args.rooms, args.ttl) {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |now| now.as_secs())
+        .saturating_add(args.ttl.as_secs());
+    let claims = heartwire::Claims {
+        sub: args.user,
+        exp,
+        rooms: args.rooms,
+        send: args.send,
+    };
+    match heartwire::mint_claims(&args.secret, claims) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS

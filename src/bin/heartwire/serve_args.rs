@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use heartwire::{Config, ConfigError};
+use heartwire::{Config, ConfigError, SendPolicy};
 
+use crate::hook_args::HookArgs;
 use crate::http_args::HttpArgs;
 use crate::ws_args::WsArgs;
 
@@ -22,10 +23,11 @@ pub fn duration(text: &str) -> Result<Duration, String> {
 pub struct ServeArgs {
     /// TOML file with any of the settings below. Server-wide settings are top-level keys named
     /// like their flag with `_` for `-` (`heartbeat_interval = "15s"`); the others sit in tables:
-    /// `--tcp-*` in `[tcp]` (`user_timeout`), `--jwt-*` in `[auth]`, `--tls-*` in `[tls]`, the
-    /// limits (`--max-connections` … `--max-connection-age`) in `[limits]`, the `--http*` and
-    /// `--api-key*` flags in `[http]` (`listen`, `api_keys`, `tls`, ...), `--ws*` in `[ws]`
-    /// (`listen`, `allowed_origins`, `close_linger`). README lists every key.
+    /// `--tcp-*` in `[tcp]` (`user_timeout`), `--jwt-*` and `--auth-send` in `[auth]`, `--tls-*`
+    /// in `[tls]`, the limits (`--max-connections` … `--max-connection-age`) in `[limits]`, the
+    /// `--http*` and `--api-key*` flags in `[http]` (`listen`, `api_keys`, `tls`, ...), `--ws*`
+    /// in `[ws]` (`listen`, `allowed_origins`, `close_linger`), `--hook-*` in `[hooks]` (`url`,
+    /// `timeout`, …). README lists every key.
     #[arg(long, env = "HEARTWIRE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on; port 0 picks a free port [default: 0.0.0.0:7700].
@@ -113,6 +115,10 @@ pub struct ServeArgs {
     /// Require RS256/ES256 tokens verified with this PEM public key in `hello.token`.
     #[arg(long, env = "HEARTWIRE_JWT_PUBLIC_KEY", value_name = "FILE")]
     pub jwt_public_key: Option<PathBuf>,
+    /// Whom a session may `send` to when its token has no `send` claim (every session without
+    /// auth): any, none, or comma-separated user patterns like `support,bot-*` [default: any].
+    #[arg(long, env = "HEARTWIRE_AUTH_SEND", value_name = "POLICY", value_parser = parse_send)]
+    pub auth_send: Option<SendPolicy>,
     /// Serve TLS with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "HEARTWIRE_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -158,6 +164,13 @@ pub struct ServeArgs {
     /// WebSocket options.
     #[command(flatten)]
     pub ws: WsArgs,
+    /// HTTP hook options.
+    #[command(flatten)]
+    pub hooks: HookArgs,
+}
+
+fn parse_send(text: &str) -> Result<SendPolicy, String> {
+    Ok(SendPolicy::parse(text))
 }
 
 impl ServeArgs {
@@ -197,6 +210,9 @@ impl ServeArgs {
         c.tcp.user_timeout = self.tcp_user_timeout.or(c.tcp.user_timeout);
         c.auth.jwt_secret = self.jwt_secret.clone().or(c.auth.jwt_secret);
         c.auth.jwt_public_key = self.jwt_public_key.clone().or(c.auth.jwt_public_key);
+        if let Some(send) = &self.auth_send {
+            c.auth.send = send.clone();
+        }
         c.tls.cert = self.tls_cert.clone().or(c.tls.cert);
         c.tls.key = self.tls_key.clone().or(c.tls.key);
         let l = &mut c.limits;
@@ -219,6 +235,7 @@ impl ServeArgs {
         }
         self.http.apply(&mut c.http);
         self.ws.apply(&mut c.ws);
+        self.hooks.apply(&mut c.hooks);
         c.validate()?;
         Ok(c)
     }
@@ -236,6 +253,10 @@ pub struct TokenArgs {
     /// Rooms the token allows (exact names or `prefix*`), comma-separated; all when absent.
     #[arg(long, value_delimiter = ',')]
     pub rooms: Option<Vec<String>>,
+    /// Users the token may `send` to (exact names or `prefix*`), comma-separated; the
+    /// server's --auth-send when absent.
+    #[arg(long, value_delimiter = ',')]
+    pub send: Option<Vec<String>>,
     /// Lifetime of the token.
     #[arg(long, default_value = "1h", value_parser = duration)]
     pub ttl: Duration,

@@ -92,10 +92,18 @@ impl Client {
         self.try_recv().await.expect("connection closed")
     }
 
-    /// Next frame that is not a server ping (answering pings when `auto_pong`).
+    /// Next frame that is not a server ping (answering pings when `auto_pong`). Panics after
+    /// [`PATIENCE`] in all, however many pings arrive meanwhile, so that a frame that never
+    /// comes fails the test instead of hanging it.
     pub async fn recv_non_ping(&mut self) -> Value {
+        let until = Instant::now() + PATIENCE;
         loop {
-            let frame = self.recv().await;
+            let left = until.saturating_duration_since(Instant::now());
+            let frame = self
+                .try_recv_within(left)
+                .await
+                .unwrap_or_else(|| panic!("no frame but pings within {PATIENCE:?}"))
+                .expect("connection closed");
             if frame["type"] == "ping" {
                 if self.auto_pong {
                     let seq = frame["seq"].clone();
