@@ -648,6 +648,23 @@ async fn connection_limits_count_both_transports() {
     );
 }
 
+/// `max_connections_per_ip` counts a client's TCP and WebSocket connections together.
+#[actix_rt::test]
+async fn per_ip_limit_counts_both_transports() {
+    let s = start_ws(Config {
+        limits: heartwire::LimitsConfig {
+            max_connections_per_ip: 1,
+            ..heartwire::LimitsConfig::default()
+        },
+        ..config()
+    });
+    let (_t, _) = Client::hello(s.tcp_addr(), "t").await;
+    let mut refused = WsClient::connect(s.ws_addr()).await;
+    let (frames, close) = refused.until_closed().await;
+    assert_eq!(frames[0]["reason"], "too_many_connections", "{frames:?}");
+    assert_eq!(close_of(&close), (4000, "too_many_connections".to_owned()));
+}
+
 /// The listener serves the browser page at `/` and the JavaScript client at `/heartwire.js`,
 /// compiled into the binary.
 #[actix_rt::test]
