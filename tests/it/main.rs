@@ -6,6 +6,8 @@ mod common;
 
 #[cfg(feature = "cli")]
 mod bench_smoke;
+#[cfg(feature = "ws")]
+mod browser;
 #[cfg(feature = "cli")]
 mod cli;
 #[cfg(feature = "client")]
