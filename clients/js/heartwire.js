@@ -348,7 +348,9 @@ class Outgoing {
 /**
  * @typedef {object} HeartwireOptions
  * @property {string} [user] `hello.user` (required unless the server authenticates tokens)
- * @property {string} [token] `hello.token` (a JWT whose subject becomes the user)
+ * @property {string | (() => string | Promise<string>)} [token] `hello.token` (a JWT whose
+ *   subject becomes the user); a function is called before every connection attempt, so
+ *   that a reconnect an hour later presents a fresh token
  * @property {string} [client] `hello.client`, free text
  * @property {number} [heartbeat] ping interval in ms to ask the server for
  *   (`hello.heartbeat.interval_ms`); it grants the nearest it allows, and the dead-server
@@ -416,20 +418,21 @@ export class Heartwire extends EventTarget {
     /** The server's WebSocket endpoint. @type {string} */
     this.url = parsed.href;
     this._WS = WS;
-    this._opts = {
+    const defaults = {
       dialTimeout: 5000, handshakeTimeout: 10000, requestTimeout: 10000,
-      maxPending: 1024, maxInFlight: 64, outboundBudget: 256 * 1024, ...options,
+      maxPending: 1024, maxInFlight: 64, outboundBudget: 256 * 1024,
     };
-    const { user, token, client, heartbeat } = this._opts;
+    this._opts = { ...options };
+    for (const [key, value] of Object.entries(defaults)) this._opts[key] = options[key] ?? value;
+    const { user, token, heartbeat } = this._opts;
     if (user === undefined && token === undefined) throw new Error('a user or a token is required');
     if (user !== undefined && !validName(user, MAX_USER)) throw new Error(`user must be 1 to ${MAX_USER} bytes`);
+    if (token !== undefined && typeof token !== 'string' && typeof token !== 'function') {
+      throw new Error('token must be a string or a function returning one');
+    }
     if (heartbeat !== undefined && !(Number.isInteger(heartbeat) && heartbeat >= 0)) {
       throw new Error('heartbeat must be a whole number of milliseconds');
     }
-    this._hello = JSON.stringify({
-      type: 'hello', user, token, client: client ?? 'heartwire.js',
-      heartbeat: heartbeat === undefined ? undefined : { interval_ms: heartbeat },
-    });
     this._backoff = new Backoff(this._opts.backoff);
     this._rooms = new Rooms();
     this._outgoing = new Outgoing(this._opts.maxPending, this._opts.maxInFlight);
@@ -684,7 +687,7 @@ export class Heartwire extends EventTarget {
   /** Writes one frame; false when the connection refuses it (gone, or not reading). */
   _write(text) {
     const conn = this._conn;
-    if (!conn || conn.ws.readyState !== OPEN) return false;
+    if (!conn?.ws || conn.ws.readyState !== OPEN) return false;
     try {
       conn.ws.send(text);
     } catch {
@@ -715,6 +718,29 @@ export class Heartwire extends EventTarget {
     this._state = 'connecting';
     const conn = { generation: ++this._generation, ws: null, phase: 'dialing', timers: new Set() };
     this._conn = conn;
+    this._later(conn, this._opts.dialTimeout, () => {
+      if (conn.phase === 'dialing') {
+        this._lost({ reason: 'connect_failed', message: `no connection within ${this._opts.dialTimeout} ms` });
+      }
+    });
+    const { token } = this._opts;
+    if (typeof token !== 'function') {
+      this._open(conn, token);
+      return;
+    }
+    Promise.resolve().then(token).then(
+      (fresh) => { if (this._conn === conn) this._open(conn, fresh); },
+      (e) => { if (this._conn === conn) this._lost({ reason: 'connect_failed', message: `token: ${e?.message ?? e}` }); },
+    );
+  }
+
+  /** Opens the WebSocket of `conn`; `hello` carries `token`. */
+  _open(conn, token) {
+    const { user, client, heartbeat } = this._opts;
+    const hello = JSON.stringify({
+      type: 'hello', user, token, client: client ?? 'heartwire.js',
+      heartbeat: heartbeat === undefined ? undefined : { interval_ms: heartbeat },
+    });
     try {
       conn.ws = new this._WS(this.url);
     } catch (e) {
@@ -722,15 +748,10 @@ export class Heartwire extends EventTarget {
       return;
     }
     const ws = conn.ws;
-    this._later(conn, this._opts.dialTimeout, () => {
-      if (conn.phase === 'dialing') {
-        this._lost({ reason: 'connect_failed', message: `no connection within ${this._opts.dialTimeout} ms` });
-      }
-    });
     ws.onopen = () => {
       conn.phase = 'handshaking';
       conn.lastRx = now();
-      ws.send(this._hello);
+      ws.send(hello);
       this._later(conn, this._opts.handshakeTimeout, () => {
         if (conn.phase === 'handshaking') this._lost({ reason: 'handshake_timeout' });
       });

@@ -2,11 +2,13 @@
 // refused token, against a real `heartwire serve`.
 
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { after, afterEach, before, test } from 'node:test';
 
 import { Heartwire } from '../heartwire.js';
 import { closeAll, Recorder } from '../testkit/events.mjs';
-import { FAST, sleep, startServer } from '../testkit/server.mjs';
+import { Gate } from '../testkit/gate.mjs';
+import { BIN, FAST, sleep, startServer } from '../testkit/server.mjs';
 
 afterEach(closeAll);
 
@@ -82,8 +84,35 @@ test('a refused token stops the client: retrying cannot help', { timeout: 30000 
   }
 });
 
+test('a token function is asked before every attempt', { timeout: 30000 }, async () => {
+  const secret = 'a-secret-of-at-least-16-bytes';
+  const s = await startServer({ args: [...FAST, '--jwt-secret', secret] });
+  const gate = await Gate.start(s.port);
+  try {
+    gate.close();
+    let calls = 0;
+    const token = async () => {
+      calls += 1;
+      return execFileSync(BIN, ['token', '--secret', secret, '--user', 'dana', '--ttl', '1m'], { encoding: 'utf8' }).trim();
+    };
+    const hw = new Heartwire(gate.url, { token, backoff: { initial: 20, cap: 50 } });
+    const rec = new Recorder(hw);
+    await rec.next('disconnected', (d) => d.reason === 'connect_failed');
+    await rec.next('disconnected', (d) => d.reason === 'connect_failed');
+    gate.open();
+    const connected = await rec.next('connected');
+    assert.equal(connected.user, 'dana');
+    assert.ok(calls >= 3, `${calls} calls`);
+    hw.close();
+  } finally {
+    await gate.stop();
+    await s.kill();
+  }
+});
+
 test('bad arguments are refused at once', () => {
   assert.throws(() => new Heartwire('http://127.0.0.1:1/ws', { user: 'u' }), /not a WebSocket URL/);
   assert.throws(() => new Heartwire('ws://127.0.0.1:1/ws', {}), /user or a token/);
   assert.throws(() => new Heartwire('ws://127.0.0.1:1/ws', { user: 'u', WebSocket: 'none' }), /no WebSocket/);
+  assert.throws(() => new Heartwire('ws://127.0.0.1:1/ws', { user: 'u', heartbeat: 1.5 }), /whole number/);
 });
