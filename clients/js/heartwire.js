@@ -981,8 +981,11 @@ export class Heartwire extends EventTarget {
       const delay = Math.round(Math.random() * this._backoff.ceiling(entry.retries - 1));
       this._outgoing.retryLater(entry, delay);
       // Not tied to this connection: a reconnect before the delay must not strand the entry.
+      // The timer clears the entry's wait itself: timers and performance.now() do not tick
+      // together, and a timer a fraction of a millisecond early must not leave it unsent.
       const timer = setTimeout(() => {
         this._retryTimers.delete(timer);
+        delete entry.notBefore;
         this._pump();
       }, delay);
       this._retryTimers.add(timer);
