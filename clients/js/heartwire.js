@@ -446,7 +446,6 @@ export class Heartwire extends EventTarget {
     this._idPrefix = [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
     this._serverMaxFrame = DEFAULT_MAX_FRAME;
     this._conn = null;
-    this._generation = 0;
     this._connections = 0;
     this._reconnectTimer = null;
     /** Timers of publishes the server could not take yet (`unavailable`). */
@@ -716,7 +715,7 @@ export class Heartwire extends EventTarget {
   _dial() {
     if (this._closed || this._conn) return;
     this._state = 'connecting';
-    const conn = { generation: ++this._generation, ws: null, phase: 'dialing', timers: new Set() };
+    const conn = { ws: null, phase: 'dialing', timers: new Set() };
     this._conn = conn;
     this._later(conn, this._opts.dialTimeout, () => {
       if (conn.phase === 'dialing') {
