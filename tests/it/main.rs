@@ -7,6 +7,8 @@ mod dead_peers;
 
 #[cfg(feature = "cli")]
 mod bench_smoke;
+#[cfg(feature = "ws")]
+mod browser;
 #[cfg(feature = "cli")]
 mod cli;
 #[cfg(feature = "client")]
