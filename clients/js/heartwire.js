@@ -1,8 +1,8 @@
 // heartwire.js: the JavaScript client of heartwire (protocol v1 over WebSocket).
 //
-// One ES module, no dependencies, no build step: browsers and Node >= 20 (Node 20 needs
-// `--experimental-websocket` for its global WebSocket; or pass a constructor as
-// `options.WebSocket`). It mirrors the Rust client (src/client, docs/client.md) so that both
+// One ES module, no dependencies, no build step: browsers and Node >= 18.19 (Node 20 needs
+// `--experimental-websocket` for its global WebSocket; Node 18 has none: pass one, such as
+// the `ws` package's, as `options.WebSocket`). It mirrors the Rust client (src/client, docs/client.md) so that both
 // behave the same when connections die and servers restart:
 //
 // - Dead servers are noticed from the heartwire heartbeat, not from TCP: every frame proves
@@ -400,6 +400,17 @@ class Outgoing {
  * - `rtt` `{ms}`: a `ping()` was answered.
  * - `closed`: the client stopped for good; no more events follow.
  */
+/**
+ * A `CustomEvent` where there is one (browsers, Node >= 19); Node 18 has `Event` only, so
+ * there the same `detail` rides on a subclass.
+ */
+/** Listens and does nothing. */
+const ignore = () => {};
+
+const DetailEvent = typeof CustomEvent === 'function'
+  ? class extends CustomEvent { constructor(type, detail) { super(type, { detail }); } }
+  : class extends Event { constructor(type, detail) { super(type); this.detail = detail; } };
+
 export class Heartwire extends EventTarget {
   /**
    * @param {string | URL} url the server's WebSocket endpoint, e.g. `ws://host:port/ws`
@@ -409,7 +420,7 @@ export class Heartwire extends EventTarget {
     super();
     const WS = options.WebSocket ?? globalThis.WebSocket;
     if (typeof WS !== 'function') {
-      throw new Error('no WebSocket: Node 20 needs --experimental-websocket (Node >= 22 and browsers have it), or pass {WebSocket}');
+      throw new Error('no WebSocket: Node 20 needs --experimental-websocket (Node >= 22 and browsers have it); on Node 18 pass {WebSocket} (the ws package)');
     }
     const parsed = new URL(url);
     if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:') {
@@ -636,7 +647,7 @@ export class Heartwire extends EventTarget {
 
   _emit(type, detail) {
     if (this._ended) return; // `closed` is the last event
-    this.dispatchEvent(new CustomEvent(type, { detail }));
+    this.dispatchEvent(new DetailEvent(type, detail));
   }
 
   _checkOpen() {
@@ -787,7 +798,12 @@ export class Heartwire extends EventTarget {
     for (const timer of conn.timers) clearTimeout(timer);
     conn.timers.clear();
     const ws = conn.ws;
-    if (ws) ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      // Closing a socket that is still connecting reports an error; with no listener the
+      // `ws` package (Node 18's WebSocket here) throws it instead of dropping it.
+      ws.onerror = ignore;
+    }
   }
 
   /** The connection (or the attempt) is over: settle the state and schedule the next one. */
