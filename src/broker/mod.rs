@@ -25,8 +25,14 @@
 //! [`MemoryBroker`] is the embedded default (one node, answers at once, the same semantics);
 //! a Redis broker lets several nodes share everything.
 
+mod config;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::redis::RedisBroker;
+pub use config::BrokerConfig;
 pub use memory::{HistoryLimits, MemoryBroker};
 
 use std::sync::Arc;

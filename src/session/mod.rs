@@ -74,7 +74,8 @@ pub(crate) struct SessionShared {
     names: NameLimits,
     /// The server's metrics.
     pub(crate) metrics: Arc<Metrics>,
-    /// Prefix of the session ids this process hands out, random per start.
+    /// Prefix of the session ids this process hands out: the node's id in the cluster, with a
+    /// random part per start.
     node: String,
     next_id: AtomicU64,
 }
@@ -83,6 +84,7 @@ impl SessionShared {
     /// Shared state for sessions of one server.
     pub(crate) fn new(
         config: Config,
+        node: String,
         slot: Arc<RegistrySlot>,
         handlers: Handlers,
         authenticator: Option<Authenticator>,
@@ -95,7 +97,7 @@ impl SessionShared {
             handlers,
             authenticator,
             metrics,
-            node: format!("{:06x}", fastrand::u32(..0x100_0000)),
+            node,
             next_id: AtomicU64::new(1),
         })
     }

@@ -2,6 +2,7 @@
 //! binary as a child process), raw protocol clients and the client library. One test crate, so
 //! that the suite links once; `tests/churn.rs` measures memory and has a process of its own.
 
+mod broker_suite;
 mod common;
 mod dead_peers;
 
