@@ -26,6 +26,8 @@ mod client_recover;
 mod client_request;
 #[cfg(feature = "client")]
 mod client_support;
+#[cfg(all(feature = "redis", feature = "cli"))]
+mod cluster;
 #[cfg(feature = "http")]
 mod embedding;
 mod extension;

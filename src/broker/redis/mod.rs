@@ -715,7 +715,8 @@ impl Broker for RedisBroker {
 
     fn subscribe_room(&self, room: &RoomName) -> BrokerFuture<()> {
         let channel = self.shared.keys.room_channel(room);
-        self.subscribe(channel, Target::Room(room.clone()))
+        // The registry gives up a room whose subscription fails: so does the node.
+        self.subscribe(channel, Target::Room(room.clone()), true)
     }
 
     fn unsubscribe_room(&self, room: &RoomName) {
@@ -726,7 +727,8 @@ impl Broker for RedisBroker {
 
     fn subscribe_user(&self, user: &UserName) -> BrokerFuture<()> {
         let channel = self.shared.keys.user_channel(user);
-        self.subscribe(channel, Target::User(user.clone()))
+        // Wanted as long as the user has sessions here, confirmed in time or not.
+        self.subscribe(channel, Target::User(user.clone()), false)
     }
 
     fn unsubscribe_user(&self, user: &UserName) {
@@ -901,8 +903,9 @@ impl Broker for RedisBroker {
 
 impl RedisBroker {
     /// Wants `channel`; resolves once the node's connection confirmed it, or fails after a
-    /// few command timeouts (the subscription connection is down).
-    fn subscribe(&self, channel: String, target: Target) -> BrokerFuture<()> {
+    /// few command timeouts (the subscription connection is down), then no longer wanting it
+    /// when `give_up`.
+    fn subscribe(&self, channel: String, target: Target, give_up: bool) -> BrokerFuture<()> {
         let (generation, confirmed) = match self.shared.subs.want(channel.clone(), target) {
             Wanted::Ready => return Box::pin(futures_util::future::ready(Ok(()))),
             Wanted::Pending {
@@ -917,7 +920,9 @@ impl RedisBroker {
             match tokio::time::timeout(wait, confirmed).await {
                 Ok(Ok(())) => Ok(()),
                 _ => {
-                    shared.subs.abandon(&channel, generation);
+                    if give_up {
+                        shared.subs.abandon(&channel, generation);
+                    }
                     Err(unavailable(
                         "the node's subscription to the message store is not confirmed",
                     ))
