@@ -411,6 +411,64 @@ async fn subscribes_racing_publishes_from_another_node_lose_and_double_nothing()
     shutdown(cluster).await;
 }
 
+/// The only subscriber of a room on a node leaves and comes back, over and over, while
+/// another node keeps publishing: each time the node unsubscribes from the room and
+/// subscribes again, and each time the subscriber gets a gapless run from its `subscribed`.
+#[actix_rt::test]
+async fn a_room_that_comes_and_goes_on_a_node_stays_gapless() {
+    let Some(redis) = Redis::start(Persistence::None) else {
+        return;
+    };
+    let cluster = nodes(&redis, 2);
+    let publisher = cluster[0].clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publishing = actix_rt::spawn({
+        let stop = stop.clone();
+        async move {
+            while !stop.is_cancelled() {
+                publisher.publish("churn", &json!(0), None).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+    let (mut c, _) = Client::hello(cluster[1].local_addr(), "c").await;
+    for round in 0..15 {
+        c.send(json!({"type": "subscribe", "room": "churn"})).await;
+        let mut run = Vec::new();
+        loop {
+            let frame = c.next_frame().await;
+            match frame["type"].as_str() {
+                Some("message") => run.push(frame["seq"].as_u64().unwrap()),
+                Some("subscribed") => {
+                    let seq = frame["seq"].as_u64().unwrap();
+                    assert!(run.last().is_none_or(|last| *last == seq), "round {round}");
+                    run.clear();
+                    run.push(seq);
+                    break;
+                }
+                _ => panic!("unexpected {frame}"),
+            }
+        }
+        let (later, _) = messages(&mut c, 3).await;
+        run.extend(seqs(&later));
+        c.send(json!({"type": "unsubscribe", "room": "churn"}))
+            .await;
+        loop {
+            let frame = c.next_frame().await;
+            match frame["type"].as_str() {
+                Some("message") => run.push(frame["seq"].as_u64().unwrap()),
+                Some("unsubscribed") => break,
+                _ => panic!("unexpected {frame}"),
+            }
+        }
+        let expected: Vec<u64> = (run[0]..run[0] + run.len() as u64).collect();
+        assert_eq!(run, expected, "round {round}");
+    }
+    stop.cancel();
+    publishing.await.unwrap();
+    shutdown(cluster).await;
+}
+
 /// Redis gone: sessions stay connected and heartbeating, publishes answer `unavailable`
 /// with their id, the node says it is not ready; Redis back (empty, as after a crash without
 /// persistence): the node is ready again and its subscribers are told to resync, since the

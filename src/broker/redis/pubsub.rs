@@ -181,13 +181,16 @@ pub(super) async fn reconcile(shared: &Shared, sink: &mut PubSubSink) -> Result<
             return Ok(());
         }
         for batch in unsubscribe.chunks(BATCH) {
-            match tokio::time::timeout(timeout, sink.unsubscribe(batch)).await {
-                Ok(Ok(())) => {
-                    let mut confirmed = shared.subs.confirmed.borrow_mut();
-                    for channel in batch {
-                        confirmed.remove(channel);
-                    }
+            // Not confirmed from now on: a subscribe of the same channel while this is in
+            // flight waits for the next round instead of trusting a subscription being undone.
+            {
+                let mut confirmed = shared.subs.confirmed.borrow_mut();
+                for channel in batch {
+                    confirmed.remove(channel);
                 }
+            }
+            match tokio::time::timeout(timeout, sink.unsubscribe(batch)).await {
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(format!("unsubscribe failed: {e}")),
                 Err(_) => return Err("unsubscribe not confirmed in time".into()),
             }
