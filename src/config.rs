@@ -16,6 +16,13 @@ use crate::broker::BrokerConfig;
 use crate::limits::LimitsConfig;
 use crate::tls::TlsConfig;
 
+/// Default shortest interval a client may ask for.
+const DEFAULT_HEARTBEAT_MIN: Duration = Duration::from_secs(5);
+/// Default longest interval a client may ask for.
+const DEFAULT_HEARTBEAT_MAX: Duration = Duration::from_secs(300);
+/// No interval above a day: the dead-peer bound is a multiple of it and must not overflow.
+const MAX_HEARTBEAT: Duration = Duration::from_secs(24 * 3600);
+
 /// Everything a heartwire server can be told. Field names are the TOML keys.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -25,6 +32,14 @@ pub struct Config {
     /// Time between two server pings.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// Shortest interval a client may ask for with `hello.heartbeat.interval_ms`; unset: 5 s,
+    /// or `heartbeat_interval` when that is shorter.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_min: Option<Duration>,
+    /// Longest interval a client may ask for (mobile clients save battery with long ones);
+    /// unset: 5 min, or `heartbeat_interval` when that is longer.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_max: Option<Duration>,
     /// Consecutive missed pings after which a silent client is closed.
     pub max_missed: u32,
     /// Time a new connection has to send `hello`.
@@ -84,6 +99,9 @@ pub struct Config {
     /// The HTTP API (off unless `http.listen` is set).
     #[cfg(feature = "http")]
     pub http: crate::http::HttpConfig,
+    /// The WebSocket listener (off unless `ws.listen` is set).
+    #[cfg(feature = "ws")]
+    pub ws: crate::ws::WsConfig,
     /// Rooms whose subscribers get `join`/`leave` events: those whose name starts with one of
     /// these prefixes (`"*"` or `""` matches every room). Empty: no events.
     pub presence_events: Vec<String>,
@@ -127,6 +145,8 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 7700)),
             heartbeat_interval: Duration::from_secs(30),
+            heartbeat_min: None,
+            heartbeat_max: None,
             max_missed: 2,
             handshake_timeout: Duration::from_secs(10),
             max_frame: 65536,
@@ -151,6 +171,8 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             #[cfg(feature = "http")]
             http: crate::http::HttpConfig::default(),
+            #[cfg(feature = "ws")]
+            ws: crate::ws::WsConfig::default(),
             presence_events: Vec::new(),
         }
     }
@@ -216,6 +238,7 @@ impl Config {
         if self.heartbeat_interval < ms {
             return Err(invalid("heartbeat_interval", "must be at least 1ms"));
         }
+        self.validate_heartbeat_bounds()?;
         if self.max_missed == 0 {
             return Err(invalid("max_missed", "must be at least 1"));
         }
@@ -276,7 +299,63 @@ impl Config {
         }
         #[cfg(feature = "http")]
         self.http.validate()?;
+        #[cfg(feature = "ws")]
+        self.ws.validate()?;
         Ok(())
+    }
+
+    /// Explicit bounds must hold the default interval, so that a client that asks for nothing
+    /// gets a value a client could have asked for.
+    fn validate_heartbeat_bounds(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval > MAX_HEARTBEAT {
+            return Err(invalid("heartbeat_interval", "must be at most 24h"));
+        }
+        if let Some(min) = self.heartbeat_min {
+            if min < Duration::from_millis(1) || min > self.heartbeat_interval {
+                return Err(invalid(
+                    "heartbeat_min",
+                    format!(
+                        "must be between 1ms and heartbeat_interval ({:?})",
+                        self.heartbeat_interval
+                    ),
+                ));
+            }
+        }
+        if let Some(max) = self.heartbeat_max {
+            if max < self.heartbeat_interval || max > MAX_HEARTBEAT {
+                return Err(invalid(
+                    "heartbeat_max",
+                    format!(
+                        "must be between heartbeat_interval ({:?}) and 24h",
+                        self.heartbeat_interval
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The range of intervals a client may be granted: the configured bounds, or the defaults
+    /// widened to hold `heartbeat_interval`.
+    pub fn heartbeat_bounds(&self) -> (Duration, Duration) {
+        let min = self
+            .heartbeat_min
+            .unwrap_or_else(|| DEFAULT_HEARTBEAT_MIN.min(self.heartbeat_interval));
+        let max = self
+            .heartbeat_max
+            .unwrap_or_else(|| DEFAULT_HEARTBEAT_MAX.max(self.heartbeat_interval));
+        (min, max)
+    }
+
+    /// The interval granted to a client that asked for `requested_ms` in `hello.heartbeat`:
+    /// the nearest value within [`heartbeat_bounds`](Self::heartbeat_bounds), or
+    /// `heartbeat_interval` when it asked for nothing.
+    pub fn grant_heartbeat(&self, requested_ms: Option<u64>) -> Duration {
+        let Some(ms) = requested_ms else {
+            return self.heartbeat_interval;
+        };
+        let (min, max) = self.heartbeat_bounds();
+        Duration::from_millis(ms).clamp(min, max)
     }
 
     /// Number of worker arbiters: `workers`, or the number of cores when it is 0.
@@ -343,6 +422,49 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(err.to_string().contains("max_missed"), "{err}");
+    }
+
+    #[test]
+    fn heartbeat_requests_are_granted_within_the_bounds() {
+        let c = Config::default();
+        assert_eq!(
+            c.heartbeat_bounds(),
+            (Duration::from_secs(5), Duration::from_secs(300))
+        );
+        assert_eq!(c.grant_heartbeat(None), Duration::from_secs(30));
+        assert_eq!(c.grant_heartbeat(Some(0)), Duration::from_secs(5));
+        assert_eq!(c.grant_heartbeat(Some(60_000)), Duration::from_secs(60));
+        assert_eq!(c.grant_heartbeat(Some(u64::MAX)), Duration::from_secs(300));
+        // the default bounds widen to hold a short (test) interval
+        let fast = Config {
+            heartbeat_interval: Duration::from_millis(100),
+            ..Config::default()
+        };
+        assert_eq!(fast.heartbeat_bounds().0, Duration::from_millis(100));
+        fast.validate().unwrap();
+        // explicit bounds must hold the default interval
+        for (min, max, key) in [
+            (Some(Duration::from_secs(31)), None, "heartbeat_min"),
+            (Some(Duration::ZERO), None, "heartbeat_min"),
+            (None, Some(Duration::from_secs(29)), "heartbeat_max"),
+            (None, Some(Duration::from_secs(90_000)), "heartbeat_max"),
+        ] {
+            let err = Config {
+                heartbeat_min: min,
+                heartbeat_max: max,
+                ..Config::default()
+            }
+            .validate()
+            .unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let c = Config::from_toml("heartbeat_min = \"1s\"\nheartbeat_max = \"1h\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.grant_heartbeat(Some(10)), Duration::from_secs(1));
+        assert_eq!(
+            c.grant_heartbeat(Some(7_200_000)),
+            Duration::from_secs(3600)
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! actor with its own heartbeat; a supervised [`Registry`] actor tracks users and rooms and
 //! fans messages out; a [`Broker`](broker::Broker) sequences room messages and keeps the
 //! history that lets clients recover after a reconnect. The wire protocol (newline-delimited
-//! JSON) is described in `docs/PROTOCOL.md`.
+//! JSON over TCP, or one frame per WebSocket text message) is described in `docs/PROTOCOL.md`.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), heartwire::StartError> {
@@ -27,14 +27,15 @@
 //! | [`names`] | room, user and id names, validated once against the configured limits |
 //! | [`protocol`] | the frame types a handler sends ([`ErrorCode`], [`ByeReason`], [`encode_line`](protocol::encode_line)) |
 //! | `http` (feature `http`) | the HTTP API, standalone or mounted in an actix-web app |
+//! | `ws` (feature `ws`) | the WebSocket transport: the same sessions at `/ws`, the browser page and the JavaScript client |
 //! | `client` (feature `client`) | the supervised client actor |
 //!
 //! # Cargo features
 //!
 //! `default = ["cli"]` builds the `heartwire` binary and everything it can switch on. An
 //! application embedding only the server takes `default-features = false` and adds what it
-//! needs: `http` (actix-web HTTP API), `tls` (rustls), `jwt` (token authentication),
-//! `client` (the client actor).
+//! needs: `http` (actix-web HTTP API), `ws` (WebSocket listener, actix-ws), `tls` (rustls),
+//! `jwt` (token authentication), `client` (the client actor).
 #![deny(missing_docs)]
 
 mod auth;
@@ -56,6 +57,8 @@ mod session;
 #[doc(hidden)]
 pub mod testing;
 mod tls;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 pub use auth::AuthConfig;
 #[cfg(feature = "jwt")]

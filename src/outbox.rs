@@ -16,10 +16,14 @@
 //! its flush ends.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -39,7 +43,7 @@ pub struct Outbox {
     /// Wakes the writer when frames arrive after it found the queue empty.
     wake: Notify,
     /// Wakes a writer blocked on a full socket when the connection starts closing.
-    closed: Notify,
+    closed: AtomicWaker,
     budget: usize,
     /// Where written frames are counted, if anywhere.
     metrics: Option<Arc<Metrics>>,
@@ -81,7 +85,7 @@ impl Outbox {
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
-            closed: Notify::new(),
+            closed: AtomicWaker::new(),
             budget,
             metrics: None,
             on_close: None,
@@ -98,7 +102,7 @@ impl Outbox {
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
-            closed: Notify::new(),
+            closed: AtomicWaker::new(),
             budget,
             metrics: Some(metrics),
             on_close: Some(on_close),
@@ -167,6 +171,16 @@ impl Outbox {
         true
     }
 
+    /// When the closing flush must end: `close_timeout` from now, or the closer's deadline if
+    /// that is earlier.
+    fn flush_deadline(&self, close_timeout: Duration) -> Instant {
+        let by_timeout = Instant::now() + close_timeout;
+        match self.lock().close_by {
+            Some(at) => at.min(by_timeout),
+            None => by_timeout,
+        }
+    }
+
     /// Starts closing without a `bye`: the peer asked to leave or is already gone.
     pub fn close_silently(&self, reason: ByeReason) {
         let mut state = self.lock();
@@ -179,19 +193,9 @@ impl Outbox {
 
     fn wake_for_close(&self) {
         self.wake.notify_one();
-        self.closed.notify_one();
+        self.closed.wake();
         if let Some(on_close) = &self.on_close {
             on_close();
-        }
-    }
-
-    /// When the closing flush must end: `close_timeout` from now, or the closer's deadline if
-    /// that is earlier.
-    fn flush_deadline(&self, close_timeout: Duration) -> Instant {
-        let by_timeout = Instant::now() + close_timeout;
-        match self.lock().close_by {
-            Some(at) => at.min(by_timeout),
-            None => by_timeout,
         }
     }
 
@@ -217,12 +221,23 @@ impl Outbox {
         self.lock().closing
     }
 
-    /// Drains the outbox into `sink` until the connection closes. Runs as one task per
-    /// connection; it ends when the closing flush is done, times out, or the socket fails.
-    pub async fn run_writer<W>(self: Arc<Self>, mut sink: W, close_timeout: Duration) -> WriterExit
+    /// Drains the outbox into `sink`, a byte stream, until the connection closes. Runs as one
+    /// task per connection; it ends when the closing flush is done, times out, or the socket
+    /// fails.
+    pub async fn run_writer<W>(self: Arc<Self>, sink: W, close_timeout: Duration) -> WriterExit
     where
         W: AsyncWrite + Unpin,
     {
+        self.run_sink(ByteSink(sink), close_timeout).await
+    }
+
+    /// Drains the outbox into any [`FrameSink`] until the connection closes: the writer task
+    /// of every transport.
+    pub(crate) async fn run_sink<S: FrameSink>(
+        self: Arc<Self>,
+        mut sink: S,
+        close_timeout: Duration,
+    ) -> WriterExit {
         let mut deadline: Option<Instant> = None;
         loop {
             let (batch, closing) = self.take_batch();
@@ -232,37 +247,29 @@ impl Outbox {
             if batch.is_empty() {
                 if let Some(reason) = closing {
                     // Best effort: the peer may already be gone.
-                    let _ = with_deadline(deadline, sink.shutdown()).await;
+                    let _ = with_deadline(deadline, sink.finish(reason)).await;
                     return WriterExit::Closed(reason);
                 }
                 self.wake.notified().await;
                 continue;
             }
             let written: usize = batch.iter().map(Bytes::len).sum();
-            let result = match batch.as_slice() {
-                [one] => {
-                    self.write(&mut sink, one, &mut deadline, close_timeout)
-                        .await
-                }
-                many => {
-                    let mut joined = BytesMut::with_capacity(written);
-                    many.iter().for_each(|f| joined.extend_from_slice(f));
-                    self.write(&mut sink, &joined, &mut deadline, close_timeout)
-                        .await
-                }
-            };
+            let send = std::pin::pin!(sink.send(&batch));
+            let result = self
+                .until_deadline(send, &mut deadline, close_timeout)
+                .await;
             self.lock().queued -= written;
             match result {
-                Ok(true) => {
+                Some(Ok(())) => {
                     if let Some(metrics) = &self.metrics {
                         metrics.frames_written(&batch);
                     }
                 }
-                Ok(false) => {
+                None => {
                     let reason = self.closing().unwrap_or(ByeReason::Normal);
                     return WriterExit::TimedOut(reason);
                 }
-                Err(e) => return WriterExit::Failed(e),
+                Some(Err(e)) => return WriterExit::Failed(e),
             }
         }
     }
@@ -282,33 +289,69 @@ impl Outbox {
         (batch, state.closing)
     }
 
-    /// Writes `buf`; returns `Ok(false)` if the closing deadline passed first. A close that
-    /// starts while the write is blocked (a peer that stopped reading) arms the deadline.
-    async fn write<W: AsyncWrite + Unpin>(
+    /// Runs `write`; returns `None` if the closing deadline passed first. A close that starts
+    /// while the write is blocked (a peer that stopped reading) arms the deadline.
+    ///
+    /// It takes the write pinned by the caller, is woken for the close by an `AtomicWaker`
+    /// rather than a `Notify` waiter, and uses `poll_fn` rather than `select!`/`timeout`: this
+    /// future lives inside every connection's writer task, and the timer is needed only once
+    /// the connection closes, so it is boxed then instead of taking room in every task.
+    async fn until_deadline<F: Future>(
         &self,
-        sink: &mut W,
-        buf: &[u8],
+        mut write: Pin<&mut F>,
         deadline: &mut Option<Instant>,
         close_timeout: Duration,
-    ) -> std::io::Result<bool> {
-        let write = sink.write_all(buf);
-        tokio::pin!(write);
-        loop {
-            match *deadline {
-                Some(at) => {
-                    return match tokio::time::timeout_at(at, &mut write).await {
-                        Ok(result) => result.map(|()| true),
-                        Err(_elapsed) => Ok(false),
-                    }
-                }
-                None => tokio::select! {
-                    result = &mut write => return result.map(|()| true),
-                    () = self.closed.notified() => {
-                        *deadline = Some(self.flush_deadline(close_timeout));
-                    }
-                },
+    ) -> Option<F::Output> {
+        let mut timer = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(output) = write.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+            if timer.is_none() {
+                // Registered before the check, so a close that starts in between wakes us.
+                self.closed.register(cx.waker());
+            }
+            if timer.is_none() && self.closing().is_some() {
+                let at = *deadline.insert(self.flush_deadline(close_timeout));
+                timer = Some(Box::pin(tokio::time::sleep_until(at)));
+            }
+            match &mut timer {
+                Some(timer) => timer.as_mut().poll(cx).map(|()| None),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// Where a writer task puts a connection's frames. Byte streams (TCP, TLS, pipes) are a
+/// [`ByteSink`]; the WebSocket transport has its own.
+pub(crate) trait FrameSink {
+    /// Writes `batch`: whole frames in order, each ending in `\n`.
+    async fn send(&mut self, batch: &[Bytes]) -> std::io::Result<()>;
+
+    /// Ends the connection after its last frame; `reason` is why it closes (the `bye` reason,
+    /// or `normal` when the peer left).
+    async fn finish(&mut self, reason: ByeReason);
+}
+
+/// A byte stream as a [`FrameSink`]: a batch goes out in one write, closing shuts it down.
+pub(crate) struct ByteSink<W>(pub(crate) W);
+
+impl<W: AsyncWrite + Unpin> FrameSink for ByteSink<W> {
+    async fn send(&mut self, batch: &[Bytes]) -> std::io::Result<()> {
+        match batch {
+            [one] => self.0.write_all(one).await,
+            many => {
+                let mut joined = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
+                many.iter().for_each(|f| joined.extend_from_slice(f));
+                self.0.write_all(&joined).await
             }
         }
+    }
+
+    async fn finish(&mut self, _: ByeReason) {
+        let _ = self.0.shutdown().await;
     }
 }
 

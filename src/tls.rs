@@ -1,4 +1,4 @@
-//! TLS on the TCP listener, with rustls through tokio-rustls.
+//! TLS on the TCP and WebSocket listeners, with rustls through tokio-rustls.
 //!
 //! The whole dependency tree uses one rustls crypto provider, *ring*, chosen explicitly here
 //! (no process-wide default is installed), so the server and the client library cannot
@@ -68,8 +68,8 @@ impl TlsConfig {
             .map(|config| TlsAcceptor::from(Arc::new(config))))
     }
 
-    /// The rustls server configuration this config describes, or `None` for plain TCP. The
-    /// HTTP API (`http.tls`) serves the same certificate with it.
+    /// The rustls server configuration this config describes, or `None` without TLS: the
+    /// same for the TCP listener, the WebSocket listener and the HTTP API (`http.tls`).
     #[cfg(feature = "tls")]
     pub(crate) fn server_config(&self) -> Result<Option<rustls::ServerConfig>, ConfigError> {
         let (cert, key) = match (&self.cert, &self.key) {

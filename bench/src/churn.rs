@@ -39,7 +39,14 @@ async fn cycle(
     since: Instant,
 ) -> Result<(), Failure> {
     let plan = &ctx.plan;
-    let (mut conn, _) = client::open(plan.target, source, user, plan.connect_timeout()).await?;
+    let (mut conn, _) = client::open(
+        plan.target,
+        plan.transport,
+        source,
+        user,
+        plan.connect_timeout(),
+    )
+    .await?;
     lock(&ctx.latency).record(since.elapsed().as_micros() as u64);
     conn.send(b"{\"type\":\"bye\"}\n")
         .await

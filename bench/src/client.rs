@@ -1,5 +1,8 @@
 //! The bench's protocol client: one plain tokio task per connection, no actor.
 //!
+//! It speaks protocol v1 over TCP, or over WebSocket (`--transport ws`, tokio-tungstenite,
+//! one text message per frame at `ws://TARGET/ws`): the modes above the connection see
+//! lines either way, so every mode measures either transport.
 //! Tens of thousands of these share one or two cores with the server being measured, so a
 //! connection is just a socket and a small growable read buffer, frames are parsed by
 //! borrowing from that buffer, and writes go straight to the socket (a `pong` is a few dozen
@@ -16,11 +19,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use serde::Deserialize;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// Initial read buffer of a bench connection; it grows when a burst of frames arrives.
 const READ_BUFFER: usize = 256;
@@ -61,15 +68,40 @@ fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
     }
 }
 
-/// One client connection with a line reader.
+/// How the bench reaches the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Newline-delimited JSON over TCP.
+    #[default]
+    Tcp,
+    /// One JSON frame per WebSocket text message, at `ws://TARGET/ws`.
+    Ws,
+}
+
+/// WebSocket read buffer of a bench connection: tungstenite's default (128 KiB) times tens of
+/// thousands of connections would not fit beside the server.
+const WS_READ_BUFFER: usize = 4096;
+
+/// One client connection that reads and writes protocol lines, whatever the transport.
 pub struct Conn {
-    stream: TcpStream,
+    io: Io,
     buf: BytesMut,
 }
 
+enum Io {
+    Tcp(TcpStream),
+    Ws(Box<WebSocketStream<TcpStream>>),
+}
+
 impl Conn {
-    /// Connects to `target`, from `source` (port chosen at connect time) when given.
-    pub async fn connect(target: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<Conn> {
+    /// Connects to `target` over `transport`, from `source` (port chosen at connect time)
+    /// when given.
+    pub async fn connect(
+        target: SocketAddr,
+        source: Option<Ipv4Addr>,
+        transport: Transport,
+    ) -> io::Result<Conn> {
         let socket = Socket::new(
             Domain::for_address(target),
             Type::STREAM,
@@ -84,20 +116,60 @@ impl Conn {
         }
         let stream: std::net::TcpStream = socket.into();
         let stream = TcpSocket::from_std_stream(stream).connect(target).await?;
+        let io = match transport {
+            Transport::Tcp => Io::Tcp(stream),
+            Transport::Ws => {
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(WS_READ_BUFFER)
+                    .write_buffer_size(0);
+                let url = format!("ws://{target}/ws");
+                let (ws, _) =
+                    tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+                        .await
+                        .map_err(io::Error::other)?;
+                Io::Ws(Box::new(ws))
+            }
+        };
         Ok(Conn {
-            stream,
+            io,
             buf: BytesMut::with_capacity(READ_BUFFER),
         })
     }
 
-    /// Writes one complete frame (a line ending in `\n`).
+    /// Writes one complete frame (a line ending in `\n`; a WebSocket message carries it
+    /// without).
     pub async fn send(&mut self, line: &[u8]) -> io::Result<()> {
-        self.stream.write_all(line).await
+        match &mut self.io {
+            Io::Tcp(stream) => stream.write_all(line).await,
+            Io::Ws(ws) => {
+                let frame = line.strip_suffix(b"\n").unwrap_or(line);
+                let text = String::from_utf8(frame.to_vec()).map_err(io::Error::other)?;
+                ws.send(Message::text(text)).await.map_err(io::Error::other)
+            }
+        }
     }
 
     /// The next line without its `\n` (and `\r`), or `None` at end of stream. Cancel-safe:
     /// bytes already read stay buffered for the next call.
     pub async fn next_line(&mut self) -> io::Result<Option<Bytes>> {
+        let stream = match &mut self.io {
+            Io::Tcp(stream) => stream,
+            Io::Ws(ws) => {
+                // tungstenite answers WebSocket pings itself, with the next write.
+                loop {
+                    return match ws.next().await {
+                        Some(Ok(Message::Text(text))) => Ok(Some(Bytes::from(text))),
+                        Some(Ok(Message::Binary(_))) => Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "binary message from the server",
+                        )),
+                        Some(Ok(Message::Close(_))) | None => Ok(None),
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => Err(io::Error::other(e)),
+                    };
+                }
+            }
+        };
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
                 let mut line = self.buf.split_to(pos + 1);
@@ -120,7 +192,7 @@ impl Conn {
             if self.buf.capacity() - self.buf.len() < 64 {
                 self.buf.reserve(READ_BUFFER.max(self.buf.len()));
             }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
+            if stream.read_buf(&mut self.buf).await? == 0 {
                 self.buf.advance(self.buf.len());
                 return Ok(None);
             }
@@ -205,15 +277,17 @@ impl Failure {
     }
 }
 
-/// Connects, says `hello` as `user` and waits for `welcome`, all within `timeout`.
+/// Connects over `transport`, says `hello` as `user` and waits for `welcome`, all within
+/// `timeout`.
 pub async fn open(
     target: SocketAddr,
+    transport: Transport,
     source: Option<Ipv4Addr>,
     user: &str,
     timeout: Duration,
 ) -> Result<(Conn, Welcome), Failure> {
     let attempt = async {
-        let mut conn = Conn::connect(target, source)
+        let mut conn = Conn::connect(target, source, transport)
             .await
             .map_err(|e| Failure::Connect(e.to_string()))?;
         let hello = serde_json::json!({"type": "hello", "user": user, "client": "heartwire-bench"});

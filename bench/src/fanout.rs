@@ -42,6 +42,7 @@ pub(crate) async fn subscriber(ctx: Arc<ShardCtx>, index: usize, slot: Slot) {
     let attempt = async {
         let (mut conn, welcome) = client::open(
             plan.target,
+            plan.transport,
             plan.source(index),
             &user,
             plan.connect_timeout(),
@@ -88,14 +89,21 @@ pub(crate) async fn publisher(ctx: Arc<ShardCtx>, n: usize, slot: Slot) {
     let user = format!("{}-pub-{}-{n}", plan.user, plan.shard);
     let since = Instant::now();
     let source = plan.source(n);
-    let (mut conn, welcome) =
-        match client::open(plan.target, source, &user, plan.connect_timeout()).await {
-            Ok(pair) => pair,
-            Err(failure) => {
-                ctx.fail(failure.key());
-                return drop(slot);
-            }
-        };
+    let (mut conn, welcome) = match client::open(
+        plan.target,
+        plan.transport,
+        source,
+        &user,
+        plan.connect_timeout(),
+    )
+    .await
+    {
+        Ok(pair) => pair,
+        Err(failure) => {
+            ctx.fail(failure.key());
+            return drop(slot);
+        }
+    };
     ctx.established(welcome, since, true);
     drop(slot);
     let pad = "x".repeat(plan.payload);

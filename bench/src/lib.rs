@@ -41,7 +41,7 @@ use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use self::client::Welcome;
+use self::client::{Transport, Welcome};
 use self::detect::Bound;
 use self::proc::{ListenCounters, Sampler};
 use self::progress::Progress;
@@ -89,9 +89,12 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     pub mode: Mode,
-    /// The server to load.
+    /// The server to load (its WebSocket listener with --transport ws).
     #[arg(long, default_value = "127.0.0.1:7700", value_name = "ADDR")]
     pub target: SocketAddr,
+    /// Speak protocol v1 over TCP, or over WebSocket at ws://ADDR/ws.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
     /// Connections to hold (idle, detect) or subscribers (fanout).
     #[arg(short = 'n', long, default_value_t = 1000, value_name = "N")]
     pub connections: usize,
@@ -421,6 +424,7 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
         plans.push(Plan {
             mode,
             target: args.target,
+            transport: args.transport,
             shard,
             first_index,
             connections,
@@ -693,6 +697,7 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
     Ok(Report {
         mode,
         target: args.target,
+        transport: args.transport,
         server: welcome.as_ref().and_then(|w| w.server.clone()),
         heartbeat: welcome.as_ref().and_then(|w| w.heartbeat),
         processes: split.processes.max(1),

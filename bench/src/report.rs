@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use super::client::HeartbeatInfo;
+use super::client::{HeartbeatInfo, Transport};
 use super::shard::Tally;
 use super::stats::Percentiles;
 use super::Mode;
@@ -23,6 +23,8 @@ pub struct Report {
     pub mode: Mode,
     /// The server address.
     pub target: SocketAddr,
+    /// TCP or WebSocket.
+    pub transport: Transport,
     /// `welcome.server`.
     pub server: Option<String>,
     /// `welcome.heartbeat`.
@@ -236,6 +238,9 @@ impl Report {
             let _ = writeln!(out, "  {k:<24} {v}");
         };
         let mut head = format!("heartwire bench {} → {}", self.mode.name(), self.target);
+        if self.transport == Transport::Ws {
+            head.push_str(" (WebSocket)");
+        }
         if let Some(server) = &self.server {
             let _ = write!(head, " ({server}");
             if let Some(hb) = &self.heartbeat {

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::client::{self, Conn, Welcome};
+use super::client::{self, Conn, Transport, Welcome};
 use super::stats::Histogram;
 use super::{churn, detect, fanout, idle, Mode};
 
@@ -36,6 +36,8 @@ pub struct Plan {
     pub mode: Mode,
     /// The server.
     pub target: SocketAddr,
+    /// TCP or WebSocket.
+    pub transport: Transport,
     /// This shard's number.
     pub shard: usize,
     /// Global index of this shard's first connection (user names are unique across shards).
@@ -293,6 +295,7 @@ impl ShardCtx {
         let user = format!("{}-{index}", plan.user);
         let opened = client::open(
             plan.target,
+            plan.transport,
             plan.source(index),
             &user,
             plan.connect_timeout(),

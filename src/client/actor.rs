@@ -38,7 +38,7 @@ use super::config::ClientConfig;
 use super::config::ClientTls;
 use super::error::ClientError;
 use super::event::{ClientEvent, DisconnectReason, EventSink, Flush};
-use super::frames::{ClientFrame, ErrorFrame, ServerFrame, Welcome};
+use super::frames::{ClientFrame, ErrorFrame, HeartbeatRequest, ServerFrame, Welcome};
 use super::outgoing::{Kind, Outgoing, Reply};
 use super::rooms::{Delivery, Rooms};
 use crate::names::{MAX_ID_LEN, MAX_ROOM_LEN, MAX_USER_LEN};
@@ -296,6 +296,9 @@ impl Client {
             user: self.config.user.as_deref(),
             token: self.config.token.as_deref(),
             client: self.config.client_name.as_deref(),
+            heartbeat: self.config.heartbeat.map(|interval| HeartbeatRequest {
+                interval_ms: interval.as_millis().try_into().unwrap_or(u64::MAX),
+            }),
         };
         outbox.push(hello.encode());
         self.conn = Some(Conn {

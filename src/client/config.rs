@@ -54,6 +54,10 @@ pub struct ClientConfig {
     pub token: Option<String>,
     /// Free text sent as `hello.client`.
     pub client_name: Option<String>,
+    /// The heartbeat interval to ask the server for (`hello.heartbeat`); it grants the nearest
+    /// value within its bounds, announced in `welcome`, which the dead-server check then uses.
+    /// Long intervals save a mobile client's battery. `None`: the server's default.
+    pub heartbeat: Option<Duration>,
     /// Longest wait for the TCP connection to be made.
     pub dial_timeout: Duration,
     /// Longest wait for `welcome` after `hello`.
@@ -90,6 +94,7 @@ impl ClientConfig {
             user: Some(user.into()),
             token: None,
             client_name: Some(format!("heartwire-client/{}", env!("CARGO_PKG_VERSION"))),
+            heartbeat: None,
             dial_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
@@ -115,6 +120,12 @@ impl ClientConfig {
     /// Uses a token (the user is then the token's subject, and may be left out).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Asks the server for heartbeats every `interval` (see [`ClientConfig::heartbeat`]).
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = Some(interval);
         self
     }
 

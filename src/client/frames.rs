@@ -234,6 +234,13 @@ fn preview(line: &[u8]) -> String {
     }
 }
 
+/// `hello.heartbeat`: the interval the client asks for.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct HeartbeatRequest {
+    /// The requested ping interval in milliseconds.
+    pub interval_ms: u64,
+}
+
 /// A frame the client sends.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -249,6 +256,9 @@ pub enum ClientFrame<'a> {
         /// Free text describing the client.
         #[serde(skip_serializing_if = "Option::is_none")]
         client: Option<&'a str>,
+        /// The heartbeat asked for.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        heartbeat: Option<HeartbeatRequest>,
     },
     /// `pong{seq}`, the answer to a server ping.
     Pong {

@@ -376,7 +376,11 @@ mod tests {
         assert!(!out.defer("s1", later), "only publishes are deduped");
         out.push("p2".into(), Kind::Publish, line("p2"), None)
             .unwrap();
-        assert_eq!(written(&mut out), Vec::<String>::new(), "p2 waits behind p1");
+        assert_eq!(
+            written(&mut out),
+            Vec::<String>::new(),
+            "p2 waits behind p1"
+        );
         assert_eq!(out.in_flight(), 1);
         std::thread::sleep(std::time::Duration::from_millis(60));
         assert_eq!(written(&mut out), ["p1", "p2"]);

@@ -14,12 +14,30 @@ use bytes::Buf;
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder};
 
-/// Why reading frames from a connection stopped.
+/// What a transport read from its peer: the session consumes a stream of these (with
+/// [`CodecError`]), whatever the transport.
+#[derive(Debug)]
+pub enum Incoming {
+    /// One protocol frame, without its line ending.
+    Frame(Bytes),
+    /// A transport-level sign of life that carries no frame (a WebSocket ping or pong): it
+    /// proves the peer alive like any frame does.
+    Alive,
+}
+
+/// Why the input of a connection was not a frame. `Binary` leaves the connection usable; after
+/// any other error the transport yields nothing more.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
-    /// A line grew past `max_frame` bytes without a newline.
+    /// A line (or a WebSocket message) grew past `max_frame` bytes.
     #[error("frame longer than {0} bytes")]
     FrameTooLarge(usize),
+    /// A binary WebSocket message: frames are text, so it counts as a bad frame.
+    #[error("binary message; frames are JSON text messages")]
+    Binary,
+    /// The transport's own framing was broken (an RFC 6455 violation on a WebSocket).
+    #[error("transport protocol error: {0}")]
+    Protocol(String),
     /// The socket failed.
     #[error("read error: {0}")]
     Io(#[from] std::io::Error),

@@ -137,6 +137,18 @@ pub(crate) struct Hello<'a> {
     /// Free text describing the client.
     #[serde(borrow, default)]
     pub(crate) client: Option<Cow<'a, str>>,
+    /// The heartbeat the client asks for (protocol v1.1).
+    #[serde(default)]
+    pub(crate) heartbeat: Option<HeartbeatRequest>,
+}
+
+/// `hello.heartbeat`: the interval a client would like; the server grants the nearest value
+/// within its bounds.
+#[derive(Debug, Deserialize)]
+pub(crate) struct HeartbeatRequest {
+    /// The requested ping interval in milliseconds.
+    #[serde(default)]
+    pub(crate) interval_ms: Option<u64>,
 }
 
 /// `ping` or `pong` from a client.
@@ -555,6 +567,21 @@ mod tests {
         assert!(matches!(
             Inbound::parse(br#"{"type":"pong","seq":3,"extra":true}"#).unwrap(),
             Inbound::Pong(PingPong { seq: Some(3) })
+        ));
+        let hello = br#"{"type":"hello","user":"u","heartbeat":{"interval_ms":60000}}"#;
+        assert!(matches!(
+            Inbound::parse(hello).unwrap(),
+            Inbound::Hello(Hello {
+                heartbeat: Some(HeartbeatRequest {
+                    interval_ms: Some(60000)
+                }),
+                ..
+            })
+        ));
+        let bad = br#"{"type":"hello","user":"u","heartbeat":{"interval_ms":-1}}"#;
+        assert!(matches!(
+            Inbound::parse(bad),
+            Err(ParseError::BadRequest { .. })
         ));
     }
 

@@ -9,6 +9,7 @@
 //! logged and waited out, a connection aborted before accept is skipped.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,12 @@ use crate::session::{Session, SessionShared};
 use crate::tls::TlsAcceptor;
 
 pub(super) fn bind(config: &Config) -> io::Result<TcpListener> {
-    let addr = config.listen;
+    TcpListener::from_std(listen_on(config.listen, config)?)
+}
+
+/// A non-blocking listening socket on `addr` with `SO_REUSEADDR`, `SO_REUSEPORT` when
+/// `reuse_port` is set, and the configured backlog.
+pub(crate) fn listen_on(addr: SocketAddr, config: &Config) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if config.reuse_port {
@@ -35,12 +41,13 @@ pub(super) fn bind(config: &Config) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX))?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
-/// Applies the per-connection socket options.
-fn tune(stream: &TcpStream, keepalive: &Keepalive) -> io::Result<()> {
-    let sock = SockRef::from(stream);
+/// Applies the per-connection socket options: to an accepted socket, or to a listener whose
+/// accepted sockets inherit them (Linux copies them to each new connection), which is how
+/// the WebSocket listener, whose accept loop is actix-web's, gets them.
+pub(crate) fn tune(sock: SockRef<'_>, keepalive: &Keepalive) -> io::Result<()> {
     sock.set_tcp_nodelay(true)?;
     let params = TcpKeepalive::new()
         .with_time(keepalive.idle)
@@ -108,7 +115,7 @@ impl AcceptLoop {
                     continue;
                 }
             };
-            if let Err(error) = tune(&stream, &self.keepalive) {
+            if let Err(error) = tune(SockRef::from(&stream), &self.keepalive) {
                 tracing::debug!(%peer, %error, "socket options not applied");
             }
             // A tokio socket belongs to the runtime that registered it: hand the worker a std

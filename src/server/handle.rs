@@ -22,7 +22,6 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{BrokerError, HistoryTotals};
-use crate::limits::ConnectionTracker;
 use crate::metrics::{Levels, Metrics};
 use crate::names::{NameError, NameLimits, UserName, MAX_ID_LEN};
 use crate::protocol::{message_len, ByeReason};
@@ -250,7 +249,6 @@ pub struct ServerHandle {
     shutdown_reconnect: Duration,
     names: NameLimits,
     shared: Arc<SessionShared>,
-    tracker: Arc<ConnectionTracker>,
     arbiters: Arc<Mutex<Vec<Arbiter>>>,
     metrics: Arc<Metrics>,
 }
@@ -279,7 +277,6 @@ impl ServerHandle {
         local_addr: SocketAddr,
         stop_accepting: CancellationToken,
         shared: Arc<SessionShared>,
-        tracker: Arc<ConnectionTracker>,
         arbiters: Vec<Arbiter>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -291,7 +288,6 @@ impl ServerHandle {
             shutdown_reconnect: config.shutdown_reconnect,
             names: config.limits.names(),
             shared,
-            tracker,
             arbiters: Arc::new(Mutex::new(arbiters)),
             metrics,
         }
@@ -321,7 +317,7 @@ impl ServerHandle {
 
     /// Connections open now (sessions, including those flushing their last frames).
     pub fn open_connections(&self) -> usize {
-        self.tracker.open()
+        self.shared.tracker.open()
     }
 
     /// Resolves when the server has given up (its registry crashed more often than
@@ -392,7 +388,7 @@ impl ServerHandle {
             .await
             .is_ok();
         if !drained {
-            tracing::warn!(timeout = ?self.drain_timeout, open = self.tracker.open(),
+            tracing::warn!(timeout = ?self.drain_timeout, open = self.shared.tracker.open(),
                 "drain timed out; closing the rest");
         }
         self.stop_arbiters();
@@ -400,7 +396,7 @@ impl ServerHandle {
     }
 
     async fn connections_closed(&self) {
-        while self.tracker.open() > 0 {
+        while self.shared.tracker.open() > 0 {
             tokio::time::sleep(CLOSED_POLL).await;
         }
     }

@@ -6,6 +6,9 @@
 mod accept;
 mod handle;
 
+#[cfg(feature = "ws")]
+pub(crate) use accept::{listen_on, tune};
+
 pub use handle::{ConnectionQuery, HandleError, ServerFailed, ServerHandle, Shutdown};
 
 use std::io;
@@ -22,7 +25,6 @@ use self::accept::AcceptLoop;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, HistoryLimits, MemoryBroker};
 use crate::config::{Config, ConfigError};
-use crate::limits::ConnectionTracker;
 use crate::metrics::Metrics;
 use crate::registry::keeper::{self, BuildRegistry, Intensity, MakeBroker, StartFailure};
 use crate::registry::{Registry, RegistryLimits};
@@ -110,6 +112,15 @@ pub enum StartError {
     #[cfg(feature = "http")]
     #[error("cannot serve HTTP on {addr}: {source}")]
     Http {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The socket error.
+        source: io::Error,
+    },
+    /// The WebSocket listener could not be set up.
+    #[cfg(feature = "ws")]
+    #[error("cannot serve WebSocket on {addr}: {source}")]
+    Ws {
         /// The configured address.
         addr: SocketAddr,
         /// The socket error.
@@ -230,12 +241,11 @@ impl ServerBuilder {
             metrics.clone(),
         );
         let stop_accepting = CancellationToken::new();
-        let tracker = ConnectionTracker::new(&config.limits);
         let accept = AcceptLoop {
             listener,
             shared: shared.clone(),
             tls,
-            tracker: tracker.clone(),
+            tracker: shared.tracker.clone(),
             accept_rate: config.limits.accept_rate_limiter(),
             workers: workers.iter().map(Arbiter::handle).collect(),
             keepalive: config.keepalive(),
@@ -249,7 +259,6 @@ impl ServerBuilder {
             local_addr,
             stop_accepting,
             shared,
-            tracker,
             workers.into_iter().chain([registry_arbiter]).collect(),
             metrics,
         ))

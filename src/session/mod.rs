@@ -1,8 +1,8 @@
-//! The session actor: one per TCP connection.
+//! The session actor: one per connection, TCP or WebSocket alike.
 //!
-//! A session owns its socket's read half (a framed stream added with `add_stream`), its
-//! heartbeat, and the handshake; its write half belongs to a writer task that drains the
-//! session's bounded [`Outbox`]. Frames that concern other sessions (rooms, direct messages)
+//! A session owns its connection's inbound frames (a stream added with `add_stream`), its
+//! heartbeat, and the handshake; the outbound side belongs to a writer task that drains the
+//! session's bounded [`Outbox`] into the transport ([`Session::start_on`] is the seam). Frames that concern other sessions (rooms, direct messages)
 //! are forwarded to the [`Registry`] one at a time with an awaited `send`: while the
 //! registry works on one, the session reads nothing more, which is the backpressure that
 //! keeps a flooding client from growing anyone's mailbox.
@@ -31,10 +31,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::FramedRead;
@@ -44,12 +45,12 @@ use tracing::Span;
 use self::heartbeat::{Heartbeat, Tick};
 use crate::auth::{AuthError, Authenticator, RoomPolicy};
 use crate::config::Config;
-use crate::limits::ConnectionPermit;
+use crate::limits::{ConnectionPermit, ConnectionTracker};
 use crate::metrics::{Limit, Metrics};
 use crate::names::{FrameId, NameLimits, RoomName, UserName};
-use crate::outbox::{Outbox, WriterExit};
+use crate::outbox::{ByteSink, FrameSink, Outbox, WriterExit};
 use crate::panics;
-use crate::protocol::codec::{CodecError, LineCodec};
+use crate::protocol::codec::{CodecError, Incoming, LineCodec};
 use crate::protocol::{
     encode_line, message_len, ByeReason, ErrorCode, HeartbeatInfo, Inbound, Outbound, ParseError,
 };
@@ -74,6 +75,8 @@ pub(crate) struct SessionShared {
     names: NameLimits,
     /// The server's metrics.
     pub(crate) metrics: Arc<Metrics>,
+    /// Open connections of every transport, against the connection limits.
+    pub(crate) tracker: Arc<ConnectionTracker>,
     /// Prefix of the session ids this process hands out: the node's id in the cluster, with a
     /// random part per start.
     node: String,
@@ -92,6 +95,7 @@ impl SessionShared {
     ) -> Arc<Self> {
         Arc::new(SessionShared {
             names: config.limits.names(),
+            tracker: ConnectionTracker::new(&config.limits),
             config,
             slot,
             handlers,
@@ -138,8 +142,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts a session for an accepted connection on the current arbiter. The `permit`, if
-    /// any, holds the connection's slot in the connection limits until the session ends.
+    /// Starts a session for an accepted byte-stream connection (TCP, TLS) on the current
+    /// arbiter. The `permit`, if any, holds the connection's slot in the connection limits
+    /// until the session ends.
     pub(crate) fn start<S>(
         io: S,
         peer: SocketAddr,
@@ -150,6 +155,26 @@ impl Session {
         S: AsyncRead + AsyncWrite + 'static,
     {
         let (read, write) = tokio::io::split(io);
+        let codec = LineCodec::new(shared.config.max_frame);
+        let lines = FramedRead::with_capacity(read, codec, READ_BUFFER)
+            .map(|line| line.map(Incoming::Frame));
+        Session::start_on(lines, ByteSink(write), peer, shared, permit)
+    }
+
+    /// Starts a session on any transport, on the current arbiter: `incoming` is what the peer
+    /// sends, `sink` is where the session's writer task puts what the outbox holds. This is
+    /// where a transport ends and the session begins.
+    pub(crate) fn start_on<R, K>(
+        incoming: R,
+        sink: K,
+        peer: SocketAddr,
+        shared: Arc<SessionShared>,
+        permit: Option<ConnectionPermit>,
+    ) -> Addr<Session>
+    where
+        R: Stream<Item = Result<Incoming, CodecError>> + 'static,
+        K: FrameSink + 'static,
+    {
         Session::create(move |ctx| {
             let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let wire_id: Arc<str> = format!("{}-{n}", shared.node).into();
@@ -169,24 +194,25 @@ impl Session {
             );
             let gauge = SessionGauge::new(wire_id.clone());
             let addr = ctx.address();
-            let writer = outbox
-                .clone()
-                .run_writer(write, shared.config.close_timeout);
+            let writer = outbox.clone().run_sink(sink, shared.config.close_timeout);
             let writer = actix_rt::spawn(async move {
                 let exit = writer.await;
                 addr.do_send(WriterDone(exit));
             });
-            let codec = LineCodec::new(shared.config.max_frame);
             let rate = shared.config.limits.session_rate_limiter();
-            ctx.add_stream(FramedRead::with_capacity(read, codec, READ_BUFFER));
+            ctx.add_stream(incoming);
+            // The generation first: a registry published in between makes this session
+            // re-register once more, never keep a replaced address.
+            let registry_generation = shared.slot.generation();
+            let registry = shared.slot.current();
             Session {
                 id: SessionId(n),
                 wire_id,
                 peer,
                 user: None,
                 rooms: HashMap::new(),
-                registry: shared.slot.current(),
-                registry_generation: shared.slot.generation(),
+                registry,
+                registry_generation,
                 registry_lost: None,
                 unregistered: false,
                 shared,
@@ -430,17 +456,29 @@ impl Session {
         self.shared.metrics.frame_in(&parsed, line.len());
         match parsed {
             Ok(frame) => self.dispatch(frame, &line, now, ctx),
-            Err(ParseError::BadFrame(message)) => {
-                self.bad_frames += 1;
-                tracing::debug!(parent: &self.span, bad_frames = self.bad_frames, %message, "bad frame");
-                self.send_error(ErrorCode::BadFrame, &message, None);
-                if self.bad_frames >= self.shared.config.max_bad_frames {
-                    self.close(ByeReason::ProtocolError, None);
-                }
-            }
+            Err(ParseError::BadFrame(message)) => self.bad_frame(&message),
             Err(ParseError::BadRequest { message, id }) => {
                 self.send_error(ErrorCode::BadRequest, &message, id.as_deref());
             }
+        }
+    }
+
+    /// Answers input that is not a frame with `error{code:"bad_frame"}`; `max_bad_frames` of
+    /// them close the session.
+    fn bad_frame(&mut self, message: &str) {
+        self.bad_frames += 1;
+        tracing::debug!(parent: &self.span, bad_frames = self.bad_frames, %message, "bad frame");
+        self.send_error(ErrorCode::BadFrame, message, None);
+        if self.bad_frames >= self.shared.config.max_bad_frames {
+            self.close(ByeReason::ProtocolError, None);
+        }
+    }
+
+    /// Records a sign of life that is not a frame: a WebSocket ping or pong.
+    fn alive(&mut self) {
+        if let Some(hb) = &mut self.heartbeat {
+            hb.received(Instant::now());
+            self.gauge.alive(hb.dead_by());
         }
     }
 
@@ -605,6 +643,8 @@ impl Session {
         match frame {
             Inbound::Hello(hello) => {
                 tracing::debug!(parent: &self.span, client = hello.client.as_deref(), "hello");
+                let requested = hello.heartbeat.as_ref().and_then(|h| h.interval_ms);
+                let interval = self.shared.config.grant_heartbeat(requested);
                 let (user, expires_in) = match &self.shared.authenticator {
                     Some(auth) => {
                         let verified = match hello.token.as_deref() {
@@ -637,7 +677,7 @@ impl Session {
                 };
                 self.ask(ctx, msg, move |act, ctx, result| match result {
                     Ok(()) => {
-                        act.welcome(user, ctx);
+                        act.welcome(user, interval, ctx);
                         if let Some(expires_in) = expires_in {
                             ctx.run_later(expires_in, |act, _| {
                                 tracing::info!(parent: &act.span, session = %act.wire_id, "token expired");
@@ -691,7 +731,8 @@ impl Session {
         }
     }
 
-    fn welcome(&mut self, user: UserName, ctx: &mut Context<Self>) {
+    /// Completes the handshake with the heartbeat `interval` granted to this client.
+    fn welcome(&mut self, user: UserName, interval: Duration, ctx: &mut Context<Self>) {
         if let Some(timer) = self.handshake_timer.take() {
             ctx.cancel_future(timer);
         }
@@ -701,7 +742,7 @@ impl Session {
             session: &self.wire_id,
             user: &user,
             heartbeat: HeartbeatInfo {
-                interval_ms: config.heartbeat_interval.as_millis() as u64,
+                interval_ms: interval.as_millis() as u64,
                 max_missed: config.max_missed,
             },
             max_frame: config.max_frame,
@@ -710,13 +751,12 @@ impl Session {
         self.outbox.push(welcome.encode());
         tracing::debug!(parent: &self.span, "welcome");
         self.user = Some(user);
-        self.start_heartbeat(ctx);
+        self.start_heartbeat(interval, ctx);
     }
 
-    /// Pings every interval from a random first tick, so that connections accepted together do
-    /// not ping together.
-    fn start_heartbeat(&mut self, ctx: &mut Context<Self>) {
-        let interval = self.shared.config.heartbeat_interval;
+    /// Pings every `interval` from a random first tick, so that connections accepted together
+    /// do not ping together.
+    fn start_heartbeat(&mut self, interval: Duration, ctx: &mut Context<Self>) {
         let heartbeat = Heartbeat::new(interval, self.shared.config.max_missed, Instant::now());
         self.gauge.alive(heartbeat.dead_by());
         self.heartbeat = Some(heartbeat);
@@ -806,13 +846,24 @@ impl Actor for Session {
     }
 }
 
-impl StreamHandler<Result<Bytes, CodecError>> for Session {
-    fn handle(&mut self, item: Result<Bytes, CodecError>, ctx: &mut Self::Context) {
+impl StreamHandler<Result<Incoming, CodecError>> for Session {
+    fn handle(&mut self, item: Result<Incoming, CodecError>, ctx: &mut Self::Context) {
         match item {
-            Ok(line) => self.on_line(line, ctx),
+            Ok(Incoming::Frame(line)) => self.on_line(line, ctx),
+            Ok(Incoming::Alive) => self.alive(),
+            Err(CodecError::Binary) => {
+                if !self.closing && self.outbox.closing().is_none() {
+                    self.alive();
+                    self.bad_frame(&CodecError::Binary.to_string());
+                }
+            }
             Err(CodecError::FrameTooLarge(max)) => {
                 tracing::info!(parent: &self.span, session = %self.wire_id, max, "frame too large");
                 self.close(ByeReason::FrameTooLarge, None);
+            }
+            Err(CodecError::Protocol(error)) => {
+                tracing::info!(parent: &self.span, session = %self.wire_id, %error, "transport protocol error");
+                self.close(ByeReason::ProtocolError, None);
             }
             Err(CodecError::Io(error)) => {
                 tracing::debug!(parent: &self.span, %error, "read failed");

@@ -122,3 +122,40 @@ async fn unreachable_server_is_reported_plainly() {
     );
     assert!(error.contains("3 × connect"), "{error}");
 }
+
+/// `--transport ws`: idle and fan-out over the WebSocket listener, every delivery counted.
+#[actix_rt::test]
+async fn websocket_transport_idles_and_fans_out() {
+    let s = crate::common::ws::start_ws(Config {
+        heartbeat_interval: Duration::from_millis(300),
+        max_missed: 2,
+        ..crate::common::config()
+    });
+    let mut a = args(Mode::Idle, &s.server);
+    a.target = s.ws_addr();
+    a.transport = bench::client::Transport::Ws;
+    let report = bench::run(&a).await.expect("bench runs");
+    assert_eq!(
+        report.ramp.as_ref().expect("ramp").established,
+        20,
+        "{}",
+        report.table()
+    );
+    assert_eq!(report.window.closed_unexpectedly, 0, "{}", report.table());
+    assert!(report.window.round_trips >= 20, "{}", report.table());
+    assert_eq!(serde_json::to_value(&report).unwrap()["transport"], "ws");
+
+    let mut a = args(Mode::Fanout, &s.server);
+    a.target = s.ws_addr();
+    a.transport = bench::client::Transport::Ws;
+    a.rate = 10.0;
+    let report = bench::run(&a).await.expect("bench runs");
+    let f = report.fanout.as_ref().expect("fanout");
+    assert!(f.published >= 5, "{}", report.table());
+    assert_eq!(
+        (f.delivered, f.missing),
+        (f.expected, 0),
+        "{}",
+        report.table()
+    );
+}

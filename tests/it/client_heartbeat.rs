@@ -110,3 +110,44 @@ async fn live_connection_stays_up_through_many_heartbeats() {
     assert_eq!(last, ClientEvent::Closed);
     assert!(events.recv().await.is_none(), "stream ends after Closed");
 }
+
+/// `ClientConfig::heartbeat` asks the server for an interval in `hello`; the server grants it
+/// (within its bounds) and holds the session to it: its dead-peer deadline is
+/// `(max_missed + 1) × 200 ms` away, not `× 5 s`, and the client's pongs keep it alive.
+#[actix_rt::test]
+async fn the_client_asks_for_its_heartbeat_interval() {
+    let server = crate::common::start(Config {
+        heartbeat_min: Some(Duration::from_millis(100)),
+        ..crate::common::config()
+    });
+    let config =
+        client_config(server.local_addr(), "battery").heartbeat(Duration::from_millis(200));
+    let (_client, mut events) = Client::start(config);
+    connected(&mut events).await;
+    let page = server
+        .connections(heartwire::ConnectionQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dead_in = page.connections[0].dead_in_ms.expect("heartbeat running");
+    assert!(
+        dead_in <= 600,
+        "dead-peer deadline {dead_in} ms: the 200 ms grant was not applied"
+    );
+    // Several granted intervals later the client (answering pings) is still connected.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let page = server
+        .connections(heartwire::ConnectionQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.connections.len(), 1);
+    assert!(
+        page.connections[0].last_rtt.is_some(),
+        "pings were answered"
+    );
+}

@@ -533,41 +533,12 @@ async fn two_keys_are_valid_at_once_and_a_removed_key_is_refused() {
 
 #[cfg(feature = "tls")]
 mod tls {
-    use std::path::PathBuf;
 
     use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
     use tokio_rustls::rustls::pki_types::ServerName;
 
     use super::*;
     use heartwire::{StartError, TlsConfig};
-
-    /// A test CA and a server certificate for `localhost` and `127.0.0.1`, in a fresh
-    /// directory: (CA, certificate, key).
-    fn test_pki() -> (PathBuf, PathBuf, PathBuf) {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let dir = std::env::temp_dir().join(format!(
-            "heartwire-https-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        let cert = params.signed_by(&key, &ca).unwrap();
-        let paths = (
-            dir.join("ca.pem"),
-            dir.join("cert.pem"),
-            dir.join("key.pem"),
-        );
-        std::fs::write(&paths.0, ca.pem()).unwrap();
-        std::fs::write(&paths.1, cert.pem()).unwrap();
-        std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-        paths
-    }
 
     /// The next frame that is not a ping.
     async fn next_frame<R: AsyncBufRead + Unpin>(lines: &mut Lines<R>) -> Value {
@@ -586,7 +557,7 @@ mod tls {
 
     #[actix_rt::test]
     async fn https_serves_the_api_with_the_servers_certificate() {
-        let (ca, cert, key) = test_pki();
+        let (ca, cert, key) = crate::common::test_pki();
         let mut c = http_config();
         c.tls = TlsConfig {
             cert: Some(cert),

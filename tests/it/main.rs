@@ -47,3 +47,5 @@ mod rooms;
 mod security;
 mod shutdown;
 mod supervision;
+#[cfg(feature = "ws")]
+mod ws;

@@ -1,7 +1,6 @@
 //! Token auth, TLS, and every limit triggering, over real sockets.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::common::{config, start, Client};
@@ -129,36 +128,9 @@ async fn session_ends_when_its_token_expires() {
     );
 }
 
-/// Writes a test CA and a server certificate for 127.0.0.1 into a fresh directory.
-fn test_pki() -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let dir = std::env::temp_dir().join(format!(
-        "heartwire-tls-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
 #[actix_rt::test]
 async fn tls_round_trip_with_a_private_ca() {
-    let (ca, cert, key) = test_pki();
+    let (ca, cert, key) = crate::common::test_pki();
     let server = start(Config {
         tls: TlsConfig {
             cert: Some(cert),
@@ -419,7 +391,7 @@ async fn accept_rate_spreads_connections_out() {
 #[actix_rt::test]
 async fn client_library_connects_over_tls() {
     use heartwire::client::{Client, ClientConfig, ClientEvent, ClientTls};
-    let (ca, cert, key) = test_pki();
+    let (ca, cert, key) = crate::common::test_pki();
     let server = start(Config {
         tls: TlsConfig {
             cert: Some(cert),

@@ -4,12 +4,14 @@
 mod connect;
 mod http_args;
 mod serve_args;
+mod ws_args;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use heartwire::http::HttpService;
+use heartwire::ws::WsService;
 use heartwire::{ServerBuilder, Shutdown};
 use tracing_subscriber::EnvFilter;
 
@@ -29,7 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the chat/push server (protocol v1, newline-delimited JSON over TCP).
+    /// Run the chat/push server (protocol v1, newline-delimited JSON over TCP, and over
+    /// WebSocket with --ws).
     Serve(Box<ServeArgs>),
     /// Mint an HS256 token for `hello.token`, for testing a server run with --jwt-secret.
     Token(TokenArgs),
@@ -95,14 +98,32 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let ws = match WsService::start(&server, &config) {
+            Ok(ws) => ws,
+            Err(e) => {
+                eprintln!("heartwire: {e}");
+                server.shutdown().await;
+                if let Some(http) = http {
+                    http.stop().await;
+                }
+                return ExitCode::FAILURE;
+            }
+        };
         let run = server.run_until_signal();
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "listening on {}", server.local_addr());
         if let Some(http) = &http {
             let _ = writeln!(stdout, "http on {}", http.local_addr());
         }
+        if let Some(ws) = &ws {
+            let _ = writeln!(stdout, "ws on {}", ws.local_addr());
+        }
         let _ = stdout.flush();
         let outcome = run.await;
+        // The drain closed the WebSocket sessions too; stop taking new ones.
+        if let Some(ws) = ws {
+            ws.stop().await;
+        }
         // After the drain, so that `/readyz` reported it while it lasted.
         if let Some(http) = http {
             http.stop().await;

@@ -10,6 +10,7 @@ use clap::Args;
 use heartwire::{Config, ConfigError};
 
 use crate::http_args::HttpArgs;
+use crate::ws_args::WsArgs;
 
 /// Parses a human duration (`200ms`, `30s`, `5m`) for command-line options.
 pub fn duration(text: &str) -> Result<Duration, String> {
@@ -23,8 +24,9 @@ pub struct ServeArgs {
     /// like their flag with `_` for `-` (`heartbeat_interval = "15s"`); the others sit in tables:
     /// `--tcp-*` in `[tcp]` (`user_timeout`), `--jwt-*` in `[auth]`, `--tls-*` in `[tls]`, the
     /// limits (`--max-connections` … `--max-connection-age`) in `[limits]`, the `--http*` and
-    /// `--api-key*` flags in `[http]` (`listen`, `api_keys`, `tls`, ...), `--broker*` in
-    /// `[broker]` (`url`, `key_prefix`, ...). README lists every key.
+    /// `--api-key*` flags in `[http]` (`listen`, `api_keys`, `tls`, ...), `--ws*` in `[ws]`
+    /// (`listen`, `allowed_origins`, `close_linger`), `--broker*` in `[broker]` (`url`,
+    /// `key_prefix`, ...). README lists every key.
     #[arg(long, env = "HEARTWIRE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on; port 0 picks a free port [default: 0.0.0.0:7700].
@@ -33,6 +35,14 @@ pub struct ServeArgs {
     /// Time between server pings [default: 30s].
     #[arg(long, env = "HEARTWIRE_HEARTBEAT_INTERVAL", value_name = "DUR", value_parser = duration)]
     pub heartbeat_interval: Option<Duration>,
+    /// Shortest heartbeat interval a client may ask for in `hello` [default: 5s, or
+    /// --heartbeat-interval when shorter].
+    #[arg(long, env = "HEARTWIRE_HEARTBEAT_MIN", value_name = "DUR", value_parser = duration)]
+    pub heartbeat_min: Option<Duration>,
+    /// Longest heartbeat interval a client may ask for in `hello` [default: 5m, or
+    /// --heartbeat-interval when longer].
+    #[arg(long, env = "HEARTWIRE_HEARTBEAT_MAX", value_name = "DUR", value_parser = duration)]
+    pub heartbeat_max: Option<Duration>,
     /// Missed pings in a row that close a silent connection [default: 2].
     #[arg(long, env = "HEARTWIRE_MAX_MISSED", value_name = "N")]
     pub max_missed: Option<u32>,
@@ -178,6 +188,9 @@ pub struct ServeArgs {
     /// HTTP API options.
     #[command(flatten)]
     pub http: HttpArgs,
+    /// WebSocket options.
+    #[command(flatten)]
+    pub ws: WsArgs,
 }
 
 impl ServeArgs {
@@ -209,6 +222,8 @@ impl ServeArgs {
             shutdown_reconnect,
             backlog
         );
+        c.heartbeat_min = self.heartbeat_min.or(c.heartbeat_min);
+        c.heartbeat_max = self.heartbeat_max.or(c.heartbeat_max);
         c.tcp.keepalive_idle = self.tcp_keepalive_idle.or(c.tcp.keepalive_idle);
         c.tcp.keepalive_interval = self.tcp_keepalive_interval.or(c.tcp.keepalive_interval);
         c.tcp.keepalive_retries = self.tcp_keepalive_retries.or(c.tcp.keepalive_retries);
@@ -248,6 +263,7 @@ impl ServeArgs {
         b.command_timeout = self.broker_command_timeout.unwrap_or(b.command_timeout);
         b.start_degraded |= self.broker_start_degraded;
         self.http.apply(&mut c.http);
+        self.ws.apply(&mut c.ws);
         c.validate()?;
         Ok(c)
     }
