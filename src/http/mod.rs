@@ -22,9 +22,9 @@
 //! | `GET /api/rooms/{room}` | | `{room, members, users, seq, epoch, history_len}` |
 //! | `GET /api/rooms/{room}/presence` | | `{room, users}` |
 //! | `GET /api/connections` | `?limit&after&user` | `{connections, total, next}` |
-//! | `GET /api/stats` | | counts, `draining`, history totals |
+//! | `GET /api/stats` | | counts, `draining`, `store_healthy`, history totals |
 //! | `GET /metrics` | | OpenMetrics text |
-//! | `GET /healthz`, `GET /readyz` | | `{status}`, `{ready}` (503 while draining) |
+//! | `GET /healthz`, `GET /readyz` | | `{status}`, `{ready}` (503 while draining or without the shared store) |
 //!
 //! What guards `/api/*`, outermost first (SECURITY.md has the threat model):
 //!

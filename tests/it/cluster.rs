@@ -557,6 +557,37 @@ async fn what_a_node_missed_while_unsubscribed_is_read_back() {
     b.shutdown().await;
 }
 
+/// Redis restored from a snapshot older than what subscribers saw: the room's seqs would be
+/// reused for new messages, which clients would drop as already seen. The node that saw the
+/// later seqs notices and restarts the room under a new epoch: its subscriber resyncs and
+/// learns from the new epoch that messages were lost.
+#[actix_rt::test]
+async fn a_store_restored_from_an_older_snapshot_restarts_the_room() {
+    let Some(mut redis) = Redis::start(Persistence::None) else {
+        return;
+    };
+    let node = start(node_config(&redis));
+    let (mut sub, subscribed) = subscriber(node.local_addr(), "s", "snap").await;
+    let epoch = subscribed["epoch"].as_str().unwrap().to_owned();
+    for n in 1..=3 {
+        node.publish("snap", &json!(n), None).await.unwrap();
+    }
+    assert_eq!(redis.cli(&["SAVE"]), "OK");
+    for n in 4..=5 {
+        node.publish("snap", &json!(n), None).await.unwrap();
+    }
+    assert_eq!(seqs(&messages(&mut sub, 5).await.0), [1, 2, 3, 4, 5]);
+    redis.restart();
+    let resync = sub.expect_type("unsubscribed").await;
+    assert_eq!(resync["reason"], "resync", "{resync}");
+    sub.send(json!({"type": "subscribe", "room": "snap", "since": 5, "epoch": epoch}))
+        .await;
+    let answer = sub.expect_type("subscribed").await;
+    assert_ne!(answer["epoch"], epoch.as_str(), "{answer}");
+    assert_eq!(answer["recovered"], false, "{answer}");
+    node.shutdown().await;
+}
+
 #[cfg(feature = "client")]
 mod client {
     //! The client library over a cluster whose store fails: every acknowledged publish

@@ -86,6 +86,7 @@ struct Scripts {
     presence_users: Script,
     claim: Script,
     to_user: Script,
+    restart: Script,
 }
 
 impl Scripts {
@@ -107,6 +108,7 @@ impl Scripts {
             )),
             claim: Script::new(include_str!("lua/claim.lua")),
             to_user: Script::new(include_str!("lua/to_user.lua")),
+            restart: Script::new(include_str!("lua/restart.lua")),
         }
     }
 }
@@ -527,22 +529,46 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Pings the store through the command connection; a success clears the "store down"
+    /// flag.
+    async fn ping(&self) -> bool {
+        let mut commands = self.commands();
+        let ping = redis::cmd("PING");
+        let ping = ping.query_async::<String>(&mut commands);
+        match tokio::time::timeout(self.settings.command_timeout, ping).await {
+            Ok(Ok(_)) => {
+                if self.store_down.replace(false) {
+                    tracing::info!("the message store answers again");
+                }
+                true
+            }
+            _ => {
+                self.metrics.store_error(StoreOp::Ping);
+                false
+            }
+        }
+    }
+
+    /// After the subscription came back: makes sure the command connection works too (its
+    /// first command after a store restart fails on the dead socket), so that the reads the
+    /// registry is about to make find a live connection.
+    pub(super) async fn commands_ready(&self) {
+        for _ in 0..3 {
+            if self.ping().await {
+                return;
+            }
+            tokio::time::sleep(HEALTH_RETRY).await;
+        }
+    }
+}
+
 /// Pings a store that failed until it answers again.
 async fn health(shared: Rc<Shared>) {
     loop {
         tokio::time::sleep(HEALTH_RETRY).await;
-        if !shared.store_down.get() {
-            continue;
-        }
-        let mut commands = shared.commands();
-        let ping = redis::cmd("PING");
-        let ping = ping.query_async::<String>(&mut commands);
-        match tokio::time::timeout(shared.settings.command_timeout, ping).await {
-            Ok(Ok(_)) => {
-                shared.store_down.set(false);
-                tracing::info!("the message store answers again");
-            }
-            _ => shared.metrics.store_error(StoreOp::Ping),
+        if shared.store_down.get() {
+            shared.ping().await;
         }
     }
 }
@@ -872,6 +898,27 @@ impl Broker for RedisBroker {
             let zrem = zrem.query_async::<i64>(&mut commands);
             let _ = shared.call(StoreOp::Sessions, zrem).await;
         });
+    }
+
+    fn restart_room(&self, room: &RoomName, epoch: &str, seen: u64) -> BrokerFuture<()> {
+        let shared = self.shared.clone();
+        let room = room.clone();
+        let epoch = epoch.to_owned();
+        Box::pin(async move {
+            let mut invocation = shared.scripts.restart.key(shared.keys.meta(&room));
+            invocation
+                .key(shared.keys.history(&room))
+                .arg(epoch)
+                .arg(seen);
+            let mut commands = shared.commands();
+            shared
+                .call(
+                    StoreOp::History,
+                    invocation.invoke_async::<i64>(&mut commands),
+                )
+                .await
+                .map(drop)
+        })
     }
 
     fn healthy(&self) -> bool {

@@ -235,6 +235,7 @@ pub(super) async fn supervise(shared: Rc<Shared>, mut first: Option<Connection>)
             }
         };
         backoff = Duration::ZERO;
+        shared.commands_ready().await;
         shared.subs.connected.set(true);
         tracing::info!(
             channels = shared.subs.confirmed.borrow().len(),
