@@ -6,6 +6,7 @@
 //! nodes share rooms, users, presence and history through Redis. The URL may carry a password;
 //! it is never printed (see [`BrokerConfig::redacted_url`]).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -44,6 +45,9 @@ pub struct BrokerConfig {
     /// Start even when the store cannot be reached (the node reports not ready until it can)
     /// instead of refusing to start.
     pub start_degraded: bool,
+    /// PEM file with the CA certificates a `rediss://` store's certificate is verified against,
+    /// instead of the system's roots (a private CA).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for BrokerConfig {
@@ -56,6 +60,7 @@ impl Default for BrokerConfig {
             probe_interval: Duration::from_secs(5),
             command_timeout: Duration::from_secs(1),
             start_degraded: false,
+            tls_ca: None,
         }
     }
 }
@@ -70,6 +75,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("probe_interval", &self.probe_interval)
             .field("command_timeout", &self.command_timeout)
             .field("start_degraded", &self.start_degraded)
+            .field("tls_ca", &self.tls_ca)
             .finish()
     }
 }
@@ -120,6 +126,14 @@ impl BrokerConfig {
         }
         if let Some(url) = &self.url {
             check_url(url)?;
+        }
+        if self.tls_ca.is_some()
+            && !self
+                .url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://"))
+        {
+            return Err(invalid("broker.tls_ca", "needs a rediss:// broker.url"));
         }
         Ok(())
     }

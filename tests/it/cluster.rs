@@ -588,6 +588,33 @@ async fn a_store_restored_from_an_older_snapshot_restarts_the_room() {
     node.shutdown().await;
 }
 
+/// `rediss://`: two nodes share rooms over TLS to Redis, verifying its certificate against a
+/// private CA (`broker.tls_ca`); without that CA the node refuses to start.
+#[actix_rt::test]
+async fn nodes_reach_redis_over_tls() {
+    let (ca, cert, key) = crate::common::test_pki();
+    let Some(redis) = Redis::start_tls(&cert, &key) else {
+        return;
+    };
+    let mut config = node_config(&redis);
+    config.broker.url = Some(redis.tls_url());
+    let untrusted = heartwire::ServerBuilder::new(config.clone()).start();
+    match untrusted {
+        Err(heartwire::StartError::Broker { url, reason }) => {
+            assert_eq!(url, redis.tls_url());
+            assert!(!reason.is_empty());
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a node trusted a certificate of an unknown CA"),
+    }
+    config.broker.tls_ca = Some(ca);
+    let cluster: Vec<ServerHandle> = (0..2).map(|_| start(config.clone())).collect();
+    let (mut sub, _) = subscriber(cluster[0].local_addr(), "s", "tls").await;
+    cluster[1].publish("tls", &json!(1), None).await.unwrap();
+    assert_eq!(seqs(&messages(&mut sub, 1).await.0), [1]);
+    shutdown(cluster).await;
+}
+
 #[cfg(feature = "client")]
 mod client {
     //! The client library over a cluster whose store fails: every acknowledged publish
@@ -927,14 +954,17 @@ async fn an_unreachable_store_stops_the_start_unless_degraded_is_allowed() {
     };
     let url = redis.url();
     redis.kill();
-    let error = Node::spawn(&["--listen", "127.0.0.1:0", "--broker", &url])
+    let with_password = url.replace("redis://", "redis://bob:s3cret@");
+    let error = Node::spawn(&["--listen", "127.0.0.1:0", "--broker", &with_password])
         .err()
         .expect("refuses to start");
+    let shown = url.replace("redis://", "redis://bob:***@");
     assert!(
-        error.contains("message store") && error.contains(&url),
+        error.contains("message store") && error.contains(&shown),
         "{error}"
     );
-    assert!(!error.contains("exit status: 0"), "{error}");
+    assert!(!error.contains("s3cret"), "the password shows: {error}");
+    assert!(error.ends_with("(exit status: 1)"), "{error}");
 
     let http = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -185,6 +185,9 @@ pub struct ServeArgs {
     /// Start even when Redis cannot be reached (not ready until it can) [default: refuse].
     #[arg(long, env = "HEARTWIRE_BROKER_START_DEGRADED")]
     pub broker_start_degraded: bool,
+    /// PEM CA certificates to verify a rediss:// Redis with [default: the system's roots].
+    #[arg(long, env = "HEARTWIRE_BROKER_TLS_CA", value_name = "FILE")]
+    pub broker_tls_ca: Option<PathBuf>,
     /// HTTP API options.
     #[command(flatten)]
     pub http: HttpArgs,
@@ -262,6 +265,7 @@ impl ServeArgs {
         b.probe_interval = self.broker_probe_interval.unwrap_or(b.probe_interval);
         b.command_timeout = self.broker_command_timeout.unwrap_or(b.command_timeout);
         b.start_degraded |= self.broker_start_degraded;
+        b.tls_ca = self.broker_tls_ca.clone().or(b.tls_ca.take());
         self.http.apply(&mut c.http);
         self.ws.apply(&mut c.ws);
         c.validate()?;

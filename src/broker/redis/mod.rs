@@ -235,7 +235,20 @@ impl RedisBroker {
                     )
                     .set_user_timeout(Duration::from_secs(10).max(config.command_timeout * 3)),
             );
-        let client = Client::open(info).map_err(|e| BrokerError::Failed(e.to_string()))?;
+        let client = match &config.tls_ca {
+            None => Client::open(info),
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    BrokerError::Failed(format!("broker.tls_ca {}: {e}", path.display()))
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                Client::build_with_tls(info, certificates)
+            }
+        }
+        .map_err(|e| BrokerError::Failed(e.to_string()))?;
         // A short retry budget: a call while the store is down fails within about one
         // command timeout instead of waiting through a long backoff.
         let manager = ConnectionManagerConfig::new()

@@ -210,6 +210,8 @@ pub(super) async fn reconcile(shared: &Shared, sink: &mut PubSubSink) -> Result<
 /// (and reconciled) at start, when there is one.
 pub(super) async fn supervise(shared: Rc<Shared>, mut first: Option<Connection>) {
     let mut backoff = Duration::ZERO;
+    // The first connection follows no loss: nothing to check.
+    let mut interrupted = false;
     loop {
         let (mut sink, mut stream) = match first.take() {
             Some(connection) => connection,
@@ -241,14 +243,17 @@ pub(super) async fn supervise(shared: Rc<Shared>, mut first: Option<Connection>)
             channels = shared.subs.confirmed.borrow().len(),
             "subscribed to the message store"
         );
-        // Every room is checked for what the node may have missed (nothing, at start).
-        shared.emit(BrokerEvent::Resumed);
+        if interrupted {
+            // Every room is checked for what the node may have missed.
+            shared.emit(BrokerEvent::Resumed);
+        }
         let reason = run(&shared, &mut sink, &mut stream).await;
         drop((sink, stream));
         shared.subs.lost();
         shared.metrics.pubsub_reconnected();
         tracing::warn!(%reason, "subscription to the message store lost; reconnecting");
         shared.emit(BrokerEvent::Interrupted);
+        interrupted = true;
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -28,12 +28,33 @@ pub struct Redis {
     port: u16,
     dir: PathBuf,
     persistence: Persistence,
+    /// A TLS port too, with (certificate, key) files.
+    tls: Option<(u16, PathBuf, PathBuf)>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl Redis {
     /// Starts one, or `None` (with the reason printed) where redis-server is missing and CI
     /// does not require it.
     pub fn start(persistence: Persistence) -> Option<Redis> {
+        Self::start_with(persistence, None)
+    }
+
+    /// Starts one that also serves TLS (`rediss://`) with the PEM `cert` and `key`.
+    pub fn start_tls(cert: &Path, key: &Path) -> Option<Redis> {
+        Self::start_with(
+            Persistence::None,
+            Some((free_port(), cert.to_owned(), key.to_owned())),
+        )
+    }
+
+    fn start_with(persistence: Persistence, tls: Option<(u16, PathBuf, PathBuf)>) -> Option<Redis> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -52,15 +73,12 @@ impl Redis {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("redis dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
         let mut redis = Redis {
             child: None,
-            port,
+            port: free_port(),
             dir,
             persistence,
+            tls,
         };
         redis.spawn();
         Some(redis)
@@ -79,6 +97,15 @@ impl Redis {
             Persistence::None => cmd.args(["--appendonly", "no"]),
             Persistence::Aof => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
         };
+        if let Some((port, cert, key)) = &self.tls {
+            cmd.arg("--tls-port")
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .args(["--tls-auth-clients", "no"]);
+        }
         self.child = Some(cmd.spawn().expect("redis-server starts"));
         let until = Instant::now() + Duration::from_secs(10);
         while Instant::now() < until {
@@ -104,6 +131,12 @@ impl Redis {
     /// `redis://127.0.0.1:<port>/0`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// `rediss://localhost:<tls port>/0`.
+    pub fn tls_url(&self) -> String {
+        let port = self.tls.as_ref().map_or(0, |t| t.0);
+        format!("rediss://localhost:{port}/0")
     }
 
     pub fn pid(&self) -> i32 {
