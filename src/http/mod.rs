@@ -26,6 +26,10 @@
 //! | `GET /metrics` | | OpenMetrics text |
 //! | `GET /healthz`, `GET /readyz` | | `{status}`, `{ready}` (503 while draining or without the shared store) |
 //!
+//! On a node of a cluster (`broker.url`) the API acts on the cluster (publish, send,
+//! disconnect, presence, a room's `seq`/`epoch`/`history_len`) and shows this node (connections,
+//! the room list, members, the counts of `/api/stats`).
+//!
 //! What guards `/api/*`, outermost first (SECURITY.md has the threat model):
 //!
 //! 1. **Host** (`host.rs`): without an API key, or with `http.allowed_hosts` set, a request
