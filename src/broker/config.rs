@@ -21,7 +21,8 @@ pub struct BrokerConfig {
     /// this process.
     pub url: Option<String>,
     /// Prefix of every Redis key and channel, so that several clusters (or other
-    /// applications) can share one Redis.
+    /// applications) can share one Redis. Clusters need different prefixes: the database
+    /// number in the URL separates keys, not pub/sub channels.
     pub key_prefix: String,
     /// This node's name: the first part of the session ids it hands out (followed by a random
     /// part per start, so ids stay unique across restarts), and a label in logs. Letters,

@@ -211,7 +211,7 @@ impl ServerBuilder {
             window: config.registry_restart_window,
         };
         // Connecting to a store takes a few of its command timeouts at most.
-        let wait = STARTUP_WAIT.max(config.broker.command_timeout * 4);
+        let wait = STARTUP_WAIT + config.broker.command_timeout * 6;
         let slot = keeper::start(
             &registry_arbiter.handle(),
             make_broker,

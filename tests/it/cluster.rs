@@ -227,6 +227,14 @@ async fn direct_messages_and_kicks_cross_nodes() {
     let (mut a1, _) = Client::hello(cluster[0].local_addr(), "alice").await;
     let (mut a2, _) = Client::hello(cluster[1].local_addr(), "alice").await;
     let (mut bob, _) = Client::hello(cluster[2].local_addr(), "bob").await;
+    // Both of alice's nodes listen to her channel (a node subscribes at `hello`, unawaited).
+    let redis = &redis;
+    eventually("alice's nodes listen", || async move {
+        redis
+            .cli(&["PUBSUB", "NUMSUB", "heartwire:u:5:{alice}:e"])
+            .ends_with('2')
+    })
+    .await;
     bob.send(json!({"type": "send", "to": "alice", "id": "d1", "data": "hi"}))
         .await;
     assert_eq!(bob.expect_type("ack").await["delivered"], 2);
@@ -586,6 +594,73 @@ async fn a_store_restored_from_an_older_snapshot_restarts_the_room() {
     assert_ne!(answer["epoch"], epoch.as_str(), "{answer}");
     assert_eq!(answer["recovered"], false, "{answer}");
     node.shutdown().await;
+}
+
+/// An application message whose handler has a bug.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct Boom;
+
+impl actix::Handler<Boom> for heartwire::Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: Boom, _: &mut actix::Context<Self>) {
+        panic!("a bug in an application's registry handler");
+    }
+}
+
+/// A registry crash on a node of a cluster: the fresh registry takes over the broker, its
+/// sessions register again, and they get the room's messages from the other node (what was
+/// published meanwhile from history), direct messages, and stay present.
+#[actix_rt::test]
+async fn a_registry_crash_on_one_node_loses_nothing() {
+    let Some(redis) = Redis::start(Persistence::None) else {
+        return;
+    };
+    let cluster = nodes(&redis, 2);
+    let (mut bob, _) = subscriber(cluster[0].local_addr(), "bob", "r").await;
+    cluster[1].publish("r", &json!(1), None).await.unwrap();
+    assert_eq!(seqs(&messages(&mut bob, 1).await.0), [1]);
+    let old = cluster[0].registry();
+    old.do_send(Boom);
+    let until = Instant::now() + PATIENCE;
+    while old.connected() || cluster[0].overview().await.is_err() {
+        assert!(Instant::now() < until, "no registry came back");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cluster[1].publish("r", &json!(2), None).await.unwrap();
+    let handle = cluster[0].clone();
+    eventually("bob is registered again", || {
+        let handle = handle.clone();
+        async move {
+            handle
+                .overview()
+                .await
+                .is_ok_and(|o| o.identified == 1 && o.rooms == 1)
+        }
+    })
+    .await;
+    cluster[1].publish("r", &json!(3), None).await.unwrap();
+    assert_eq!(seqs(&messages(&mut bob, 2).await.0), [2, 3]);
+    // Bob's node listens to his direct messages again (its subscription is not awaited).
+    let redis = &redis;
+    eventually("bob's channel is subscribed again", || async move {
+        redis
+            .cli(&["PUBSUB", "NUMSUB", "heartwire:u:3:{bob}:e"])
+            .ends_with('1')
+    })
+    .await;
+    assert_eq!(
+        cluster[1].send_to("bob", &json!("dm"), None).await.unwrap(),
+        1
+    );
+    assert_eq!(bob.expect_type("message").await["data"], "dm");
+    let present = cluster[1].presence("r").await.unwrap();
+    assert_eq!(
+        present.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
+        ["bob"]
+    );
+    shutdown(cluster).await;
 }
 
 /// `rediss://`: two nodes share rooms over TLS to Redis, verifying its certificate against a

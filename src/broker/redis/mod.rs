@@ -662,8 +662,16 @@ impl Shared {
 impl Broker for RedisBroker {
     fn events(&self) -> LocalBoxStream<'static, BrokerEvent> {
         let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
-        *self.shared.events.borrow_mut() = Some(tx);
+        let replaced = self.shared.events.borrow_mut().replace(tx).is_some();
         self.shared.lagging.set(false);
+        if replaced {
+            // A registry that crashed is replaced: its rooms and users are wanted again, and
+            // its members present again, only as its sessions register with the new one
+            // (each with its cursor, so nothing is missed meanwhile). Sessions that do not
+            // come back leave presence when their entries expire.
+            self.shared.subs.unwant_all_but_node();
+            self.shared.presence.borrow_mut().clear();
+        }
         stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed_local()
     }
 

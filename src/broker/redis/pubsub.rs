@@ -117,6 +117,15 @@ impl Subscriptions {
         }
     }
 
+    /// Forgets every room and user channel (the node's own channel stays).
+    pub(super) fn unwant_all_but_node(&self) {
+        self.wanted
+            .borrow_mut()
+            .retain(|_, (target, _)| matches!(target, Target::Node));
+        self.waiters.borrow_mut().clear();
+        self.changed.notify_one();
+    }
+
     /// A subscribe call gave up waiting: its channel is not wanted any more, unless a later
     /// call wants it again.
     pub(super) fn abandon(&self, channel: &str, generation: u64) {
