@@ -914,8 +914,20 @@ impl Node {
                     }
                 }
                 Ok(Err(message)) => {
-                    let _ = child.kill();
-                    let status = child.wait().expect("exit status");
+                    // It is on its way out: let it exit with its own status.
+                    let until = Instant::now() + PATIENCE;
+                    let status = loop {
+                        match child.try_wait().expect("try_wait") {
+                            Some(status) => break status,
+                            None if Instant::now() < until => {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                            None => {
+                                let _ = child.kill();
+                                break child.wait().expect("exit status");
+                            }
+                        }
+                    };
                     return Err(format!("{message} ({status})"));
                 }
                 Err(_) => panic!("no `listening on` from heartwire serve"),
