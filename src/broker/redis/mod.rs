@@ -90,6 +90,19 @@ struct Scripts {
 }
 
 impl Scripts {
+    fn all(&self) -> [&Script; 8] {
+        [
+            &self.publish,
+            &self.history,
+            &self.presence_add,
+            &self.presence_remove,
+            &self.presence_users,
+            &self.claim,
+            &self.to_user,
+            &self.restart,
+        ]
+    }
+
     fn new() -> Self {
         Scripts {
             publish: Script::new(include_str!("lua/publish.lua")),
@@ -290,6 +303,7 @@ impl RedisBroker {
         drop(shared.subs.want(own, Target::Node));
         let first = match first {
             Some(()) => {
+                shared.load_scripts().await;
                 let mut connection = shared.open_pubsub().await.map_err(unavailable)?;
                 pubsub::reconcile(&shared, &mut connection.0)
                     .await
@@ -565,13 +579,29 @@ impl Shared {
 
     /// After the subscription came back: makes sure the command connection works too (its
     /// first command after a store restart fails on the dead socket), so that the reads the
-    /// registry is about to make find a live connection.
+    /// registry is about to make find a live connection, and the scripts are loaded.
     pub(super) async fn commands_ready(&self) {
         for _ in 0..3 {
             if self.ping().await {
-                return;
+                return self.load_scripts().await;
             }
             tokio::time::sleep(HEALTH_RETRY).await;
+        }
+    }
+
+    /// Loads every script, so that the first calls after a (re)start do not each fail with
+    /// `NOSCRIPT` and load it again. A failure only costs that.
+    async fn load_scripts(&self) {
+        for script in self.scripts.all() {
+            let mut commands = self.commands();
+            let invocation = script.prepare_invoke();
+            let load = invocation.load_async(&mut commands);
+            if tokio::time::timeout(self.settings.command_timeout, load)
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
     }
 }
