@@ -509,36 +509,64 @@ impl Handler<Identify> for Registry {
         let max = self.limits.max_sessions_per_user;
         let member = self.member_key(msg.id);
         let claim = self.broker.claim_session(&msg.user, &member, max);
-        Box::pin(claim.into_actor(self).map(move |claimed, act, _| {
-            match claimed {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::info!(user = %msg.user, max, "session refused: max_sessions_per_user reached");
-                    act.metrics.limit_hit(Limit::MaxSessionsPerUser);
-                    return Err(RegistryError::UserLimit);
+        Box::pin(claim.into_actor(self).then(move |claimed, act, _| {
+            let admitted = act.admit(claimed, msg, member, max);
+            // `welcome` waits until this node hears the user's direct messages from other
+            // nodes: a `send` counted in `ack.delivered` must reach this session. Asked for
+            // every session, not only the user's first here, whose subscription may still be
+            // pending.
+            let subscribed = admitted
+                .as_ref()
+                .ok()
+                .map(|user| act.broker.subscribe_user(user));
+            async move {
+                let user = admitted?;
+                if let Some(subscribed) = subscribed {
+                    if let Err(error) = subscribed.await {
+                        // Still wanted: the subscription is made when the store is back.
+                        tracing::warn!(%user, %error, "user subscription not confirmed");
+                    }
                 }
-                Err(error) => return Err(error.into()),
+                Ok(())
             }
-            let Some(entry) = act.sessions.get_mut(&msg.id) else {
-                // It left while the claim was in flight.
-                act.broker.release_session(&msg.user, &member);
-                return Err(RegistryError::UnknownSession);
-            };
-            entry.user = Some(msg.user.clone());
-            act.add_user(msg.id, msg.user);
-            Ok(())
+            .into_actor(act)
         }))
     }
 }
 
 impl Registry {
-    /// Indexes a session under its user; the node starts receiving the user's direct
-    /// messages from other nodes with its first session.
-    fn add_user(&mut self, id: SessionId, user: UserName) {
-        if !self.users.contains_key(&user) {
-            self.spawn_broker_call(self.broker.subscribe_user(&user), "user subscribe");
+    /// Records the outcome of a session's claim: the user it is admitted as, or why not.
+    fn admit(
+        &mut self,
+        claimed: Result<bool, BrokerError>,
+        msg: Identify,
+        member: String,
+        max: usize,
+    ) -> Result<UserName, RegistryError> {
+        match claimed {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(user = %msg.user, max, "session refused: max_sessions_per_user reached");
+                self.metrics.limit_hit(Limit::MaxSessionsPerUser);
+                return Err(RegistryError::UserLimit);
+            }
+            Err(error) => return Err(error.into()),
         }
-        self.users.entry(user).or_default().insert(id);
+        let Some(entry) = self.sessions.get_mut(&msg.id) else {
+            // It left while the claim was in flight.
+            self.broker.release_session(&msg.user, &member);
+            return Err(RegistryError::UnknownSession);
+        };
+        entry.user = Some(msg.user.clone());
+        self.index_user(msg.id, msg.user.clone());
+        Ok(msg.user)
+    }
+
+    /// Indexes a session under its user; true for the user's first session on this node.
+    fn index_user(&mut self, id: SessionId, user: UserName) -> bool {
+        let sessions = self.users.entry(user).or_default();
+        sessions.insert(id);
+        sessions.len() == 1
     }
 }
 
@@ -592,7 +620,9 @@ impl Handler<Rejoin> for Registry {
             if let Some(entry) = self.sessions.get_mut(&id) {
                 entry.user = Some(user.clone());
                 // Not claimed again: the session was admitted, and the broker keeps claims.
-                self.add_user(id, user);
+                if self.index_user(id, user.clone()) {
+                    self.spawn_broker_call(self.broker.subscribe_user(&user), "user subscribe");
+                }
             }
         }
         for (room, cursor) in rooms {
