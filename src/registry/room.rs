@@ -61,6 +61,8 @@ pub(super) struct Joiner {
     /// What arrived since the read was issued, by seq.
     buffer: BTreeMap<u64, Held>,
     overflowed: bool,
+    /// `subscribed` was sent: what follows reaches the client as live messages.
+    announced: bool,
     /// The read was issued (the node receives the room's publications).
     reading: bool,
 }
@@ -80,6 +82,7 @@ impl Joiner {
             reply,
             buffer: BTreeMap::new(),
             overflowed: false,
+            announced: false,
             reading: false,
         }
     }
@@ -219,6 +222,22 @@ impl Registry {
             }
         }
         last = last.max(history.top);
+        if joiner.rejoin.is_none() && !joiner.announced {
+            // `subscribed` goes right after the replay, before what arrived meanwhile: a client
+            // reads everything before it as the epoch it asked for, so a message of another
+            // epoch must not precede it.
+            let recovered = joiner.since.map(|_| history.complete && wanted_epoch_ok);
+            outbox.push(
+                Outbound::Subscribed {
+                    room,
+                    seq: last,
+                    epoch: &history.epoch,
+                    recovered,
+                }
+                .encode(),
+            );
+            joiner.announced = true;
+        }
         // What arrived while the read was in flight, after what the read covered.
         let mut gap = false;
         for (seq, held) in std::mem::take(&mut joiner.buffer) {
@@ -260,19 +279,7 @@ impl Registry {
                 cursor.advance(last);
                 cursor
             }
-            None => {
-                let recovered = joiner.since.map(|_| history.complete && wanted_epoch_ok);
-                outbox.push(
-                    Outbound::Subscribed {
-                        room,
-                        seq: last,
-                        epoch: &history.epoch,
-                        recovered,
-                    }
-                    .encode(),
-                );
-                RoomCursor::new(history.epoch.clone(), last)
-            }
+            None => RoomCursor::new(history.epoch.clone(), last),
         };
         self.become_member(room, id, outbox, user, cursor.clone());
         if let Some(reply) = joiner.reply.take() {

@@ -418,7 +418,7 @@ async fn a_restart_while_messages_flow_leaves_no_duplicate_and_no_swap_at_the_se
     let gap_at = all
         .iter()
         .position(|e| matches!(e, ClientEvent::Gap(g) if g.epoch_changed()))
-        .expect("an epoch gap");
+        .unwrap_or_else(|| panic!("an epoch gap in {all:#?}"));
     let messages = |events: &[ClientEvent]| -> Vec<(u64, u64)> {
         events
             .iter()

@@ -438,6 +438,45 @@ async fn since_with_another_epoch_replays_nothing_and_is_not_recovered() {
     assert_eq!(a.recv_type("message").await["seq"], 4);
 }
 
+/// Publications that arrive while a stale-epoch subscribe reads the history come after
+/// `subscribed`: a client takes everything before it for the epoch it asked about.
+#[actix_rt::test]
+async fn nothing_of_the_current_epoch_precedes_subscribed() {
+    let server = start(config());
+    let addr = server.local_addr();
+    let (_keep, sub) = subscriber(addr, "keeper", "r").await;
+    let stale = format!("{}-old", sub["epoch"].as_str().unwrap_or_default());
+    let flooding = std::rc::Rc::new(std::cell::Cell::new(true));
+    let flood = {
+        let (server, flooding) = (server.clone(), flooding.clone());
+        actix_rt::spawn(async move {
+            while flooding.get() {
+                server.publish("r", &json!("x"), None).await.unwrap();
+            }
+        })
+    };
+    let (mut a, _) = Client::hello(addr, "alice").await;
+    for _ in 0..40 {
+        a.send(json!({"type": "subscribe", "room": "r", "since": 1, "epoch": stale}))
+            .await;
+        let subscribed = a.recv_type("subscribed").await;
+        assert_eq!(subscribed["recovered"], false, "{subscribed}");
+        // Live messages follow on from it without a hole.
+        let first = a.recv_type("message").await;
+        assert_eq!(first["seq"], subscribed["seq"].as_u64().unwrap() + 1);
+        a.send(json!({"type": "unsubscribe", "room": "r"})).await;
+        loop {
+            let frame = a.recv_non_ping().await;
+            if frame["type"] == "unsubscribed" {
+                break;
+            }
+            assert_eq!(frame["type"], "message", "{frame}");
+        }
+    }
+    flooding.set(false);
+    flood.await.unwrap();
+}
+
 #[actix_rt::test]
 async fn history_too_short_is_not_recovered() {
     let server = start(Config {
