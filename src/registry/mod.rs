@@ -131,6 +131,9 @@ pub struct Registry {
     sweep_interval: std::time::Duration,
     sessions: HashMap<SessionId, Entry>,
     users: HashMap<UserName, HashSet<SessionId>>,
+    /// Users with a session between its `Identify` and its admission: their channel stays
+    /// wanted even when no admitted session of theirs is left here.
+    identifying: HashMap<UserName, usize>,
     rooms: HashMap<RoomName, Room>,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
@@ -154,6 +157,7 @@ impl Registry {
             sweep_interval,
             sessions: HashMap::new(),
             users: HashMap::new(),
+            identifying: HashMap::new(),
             rooms: HashMap::new(),
             draining: false,
             drained: Vec::new(),
@@ -279,7 +283,7 @@ impl Registry {
                 set.remove(&id);
                 if set.is_empty() {
                     self.users.remove(user);
-                    self.broker.unsubscribe_user(user);
+                    self.release_user_channel(user);
                 }
             }
         }
@@ -486,7 +490,8 @@ impl Handler<Connect> for Registry {
     }
 }
 
-/// A session completed its handshake as `user`.
+/// A session completed its handshake as `user`. Once admitted, the registry queues its
+/// `welcome` in the same turn as it indexes the user, so no direct message precedes it.
 #[derive(Message)]
 #[rtype(result = "Result<(), RegistryError>")]
 pub(crate) struct Identify {
@@ -494,6 +499,8 @@ pub(crate) struct Identify {
     pub(crate) id: SessionId,
     /// The user it belongs to.
     pub(crate) user: UserName,
+    /// The encoded `welcome` frame.
+    pub(crate) welcome: Bytes,
 }
 
 impl Handler<Identify> for Registry {
@@ -506,43 +513,53 @@ impl Handler<Identify> for Registry {
         if !self.sessions.contains_key(&msg.id) {
             return Box::pin(actix::fut::ready(Err(RegistryError::UnknownSession)));
         }
-        let max = self.limits.max_sessions_per_user;
-        let member = self.member_key(msg.id);
-        let claim = self.broker.claim_session(&msg.user, &member, max);
-        Box::pin(claim.into_actor(self).then(move |claimed, act, _| {
-            let admitted = act.admit(claimed, msg, member, max);
-            // `welcome` waits until this node hears the user's direct messages from other
-            // nodes: a `send` counted in `ack.delivered` must reach this session. Asked for
-            // every session, not only the user's first here, whose subscription may still be
-            // pending.
-            let subscribed = admitted
-                .as_ref()
-                .ok()
-                .map(|user| act.broker.subscribe_user(user));
+        // First the node hears the user's direct messages from other nodes, then it claims
+        // the session: a `send` counted in `ack.delivered` reaches it. Asked for every
+        // session, not only the user's first here, whose subscription may still be pending.
+        *self.identifying.entry(msg.user.clone()).or_default() += 1;
+        let subscribed = self.broker.subscribe_user(&msg.user);
+        Box::pin(
             async move {
-                let user = admitted?;
-                if let Some(subscribed) = subscribed {
-                    if let Err(error) = subscribed.await {
-                        // Still wanted: the subscription is made when the store is back.
-                        tracing::warn!(%user, %error, "user subscription not confirmed");
-                    }
+                if let Err(error) = subscribed.await {
+                    // Still wanted: the subscription is made when the store is back.
+                    tracing::warn!(user = %msg.user, %error, "user subscription not confirmed");
                 }
-                Ok(())
+                msg
             }
-            .into_actor(act)
-        }))
+            .into_actor(self)
+            .then(|msg, act, _| {
+                let max = act.limits.max_sessions_per_user;
+                let member = act.member_key(msg.id);
+                act.broker
+                    .claim_session(&msg.user, &member, max)
+                    .into_actor(act)
+                    .map(move |claimed, act, _| {
+                        let user = msg.user.clone();
+                        let admitted = act.admit(claimed, msg, member, max);
+                        if let Some(count) = act.identifying.get_mut(&user) {
+                            *count -= 1;
+                            if *count == 0 {
+                                act.identifying.remove(&user);
+                            }
+                        }
+                        act.release_user_channel(&user);
+                        admitted
+                    })
+            }),
+        )
     }
 }
 
 impl Registry {
-    /// Records the outcome of a session's claim: the user it is admitted as, or why not.
+    /// Records the outcome of a session's claim: admitted (indexed under its user, its
+    /// `welcome` queued), or why not.
     fn admit(
         &mut self,
         claimed: Result<bool, BrokerError>,
         msg: Identify,
         member: String,
         max: usize,
-    ) -> Result<UserName, RegistryError> {
+    ) -> Result<(), RegistryError> {
         match claimed {
             Ok(true) => {}
             Ok(false) => {
@@ -558,8 +575,9 @@ impl Registry {
             return Err(RegistryError::UnknownSession);
         };
         entry.user = Some(msg.user.clone());
-        self.index_user(msg.id, msg.user.clone());
-        Ok(msg.user)
+        entry.outbox.push(msg.welcome);
+        self.index_user(msg.id, msg.user);
+        Ok(())
     }
 
     /// Indexes a session under its user; true for the user's first session on this node.
@@ -567,6 +585,14 @@ impl Registry {
         let sessions = self.users.entry(user).or_default();
         sessions.insert(id);
         sessions.len() == 1
+    }
+
+    /// The node stops listening to a user's channel once no session of theirs is here or
+    /// on its way in.
+    fn release_user_channel(&mut self, user: &UserName) {
+        if !self.users.contains_key(user) && !self.identifying.contains_key(user) {
+            self.broker.unsubscribe_user(user);
+        }
     }
 }
 

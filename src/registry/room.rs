@@ -212,7 +212,10 @@ impl Registry {
             Some(since) if wanted_epoch_ok && since <= history.top => since,
             _ => history.top,
         };
-        if joiner.rejoin.is_some() && (!history.complete || joiner.overflowed) {
+        // A session whose stream already goes on (a rejoin, or a joiner told `subscribed`
+        // before a second read) cannot take a hole: it resyncs.
+        let continuing = joiner.rejoin.is_some() || joiner.announced;
+        if continuing && (!history.complete || joiner.overflowed) {
             return self.resync_one(room, id, &outbox);
         }
         for (seq, frame) in &history.entries {

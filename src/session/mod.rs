@@ -763,10 +763,11 @@ impl Session {
         let msg = registry::Identify {
             id: self.id,
             user: user.clone(),
+            welcome: self.welcome_frame(&user, interval),
         };
         self.ask(ctx, msg, move |act, ctx, result| match result {
             Ok(()) => {
-                act.welcome(user, interval, ctx);
+                act.welcomed(user, interval, ctx);
                 if let Some(expires_in) = expires_in {
                     ctx.run_later(expires_in, |act, _| {
                         tracing::info!(parent: &act.span, session = %act.wire_id, "token expired");
@@ -803,23 +804,27 @@ impl Session {
     }
 
     /// Completes the handshake with the heartbeat `interval` granted to this client.
-    fn welcome(&mut self, user: UserName, interval: Duration, ctx: &mut Context<Self>) {
-        if let Some(timer) = self.handshake_timer.take() {
-            ctx.cancel_future(timer);
-        }
-        self.span.record("user", &*user);
+    fn welcome_frame(&self, user: &UserName, interval: Duration) -> Bytes {
         let config = &self.shared.config;
-        let welcome = Outbound::Welcome {
+        Outbound::Welcome {
             session: &self.wire_id,
-            user: &user,
+            user,
             heartbeat: HeartbeatInfo {
                 interval_ms: interval.as_millis() as u64,
                 max_missed: config.max_missed,
             },
             max_frame: config.max_frame,
             server: &config.server_name,
-        };
-        self.outbox.push(welcome.encode());
+        }
+        .encode()
+    }
+
+    /// The registry admitted the session and queued its `welcome`.
+    fn welcomed(&mut self, user: UserName, interval: Duration, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.handshake_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        self.span.record("user", &*user);
         tracing::debug!(parent: &self.span, "welcome");
         self.user = Some(user);
         self.start_heartbeat(interval, ctx);

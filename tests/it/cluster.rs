@@ -216,6 +216,19 @@ async fn a_resend_landing_on_another_node_is_a_duplicate() {
     shutdown(cluster).await;
 }
 
+/// A direct message from another node, as from this one, never precedes `welcome`.
+#[actix_rt::test]
+async fn no_direct_message_precedes_welcome_across_nodes() {
+    let Some(redis) = Redis::start(Persistence::None) else {
+        return;
+    };
+    let cluster = nodes(&redis, 2);
+    let (a, b) = (cluster[0].local_addr(), cluster[1].local_addr());
+    crate::rooms::nothing_precedes_welcome(a, a).await;
+    crate::rooms::nothing_precedes_welcome(a, b).await;
+    shutdown(cluster).await;
+}
+
 /// `send` reaches every session of the user on every node and `ack.delivered` counts them;
 /// kicks (by user, and by session id on a node that does not hold it) close them all.
 #[actix_rt::test]

@@ -572,6 +572,47 @@ async fn duplicate_publish_id_is_delivered_once_and_acked_again() {
     s.expect_silence(QUIET).await;
 }
 
+/// While another client keeps sending to `u`, `u` says hello again and again on the node of
+/// `addr` (or of `sender_addr`): the first frame each time is `welcome`, never a message.
+pub(crate) async fn nothing_precedes_welcome(
+    addr: std::net::SocketAddr,
+    sender_addr: std::net::SocketAddr,
+) {
+    let (mut sender, _) = Client::hello(sender_addr, "sender").await;
+    let sending = std::rc::Rc::new(std::cell::Cell::new(true));
+    let blaster = {
+        let sending = sending.clone();
+        actix_rt::spawn(async move {
+            let mut n = 0u64;
+            while sending.get() {
+                sender
+                    .send(json!({"type": "send", "to": "u", "data": n}))
+                    .await;
+                n += 1;
+                if n.is_multiple_of(64) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+    };
+    for _ in 0..30 {
+        let mut u = Client::connect(addr).await;
+        u.send(json!({"type": "hello", "user": "u"})).await;
+        let first = u.recv_non_ping().await;
+        assert_eq!(first["type"], "welcome", "{first}");
+        assert_eq!(u.recv_type("message").await["from"], "sender");
+    }
+    sending.set(false);
+    blaster.await.unwrap();
+}
+
+#[actix_rt::test]
+async fn no_direct_message_precedes_welcome() {
+    let server = start(config());
+    let addr = server.local_addr();
+    nothing_precedes_welcome(addr, addr).await;
+}
+
 #[actix_rt::test]
 async fn direct_send_reaches_every_session_of_the_user() {
     let server = start(config());
