@@ -111,6 +111,8 @@ pub(crate) struct RegistryLimits {
     pub(crate) max_sessions_per_user: usize,
     /// Rooms one session may be subscribed to.
     pub(crate) max_rooms_per_session: usize,
+    /// The longest frame sessions announced (error frames are cut to fit).
+    pub(crate) max_frame: usize,
 }
 
 impl Default for RegistryLimits {
@@ -118,6 +120,7 @@ impl Default for RegistryLimits {
         RegistryLimits {
             max_sessions_per_user: 0,
             max_rooms_per_session: usize::MAX,
+            max_frame: usize::MAX,
         }
     }
 }
@@ -245,12 +248,7 @@ impl Registry {
     }
 
     fn push_error(&self, id: SessionId, code: ErrorCode, message: &str, frame_id: Option<&str>) {
-        let frame = Outbound::Error {
-            code,
-            message,
-            id: frame_id,
-        }
-        .encode();
+        let frame = crate::protocol::error_line(code, message, frame_id, self.limits.max_frame);
         self.push_to(id, frame);
     }
 

@@ -357,8 +357,9 @@ impl Session {
 
     /// Queues an `error` frame.
     pub fn send_error(&self, code: ErrorCode, message: &str, id: Option<&str>) -> bool {
+        let max_frame = self.shared.config.max_frame;
         self.outbox
-            .push(Outbound::Error { code, message, id }.encode())
+            .push(crate::protocol::error_line(code, message, id, max_frame))
     }
 
     /// Closes the connection with `bye{reason}`, after what is already queued.
@@ -399,6 +400,18 @@ impl Session {
         Registry: Handler<M>,
         F: FnOnce(&mut Self, &mut Context<Self>, M::Result) + 'static,
     {
+        self.ask_for(ctx, msg, None, then);
+    }
+
+    /// [`ask`](Self::ask) for a client frame with an `id`: when the registry cannot be reached
+    /// (it crashed with the request in its mailbox), the `error` frame names that `id`.
+    fn ask_for<M, F>(&mut self, ctx: &mut Context<Self>, msg: M, id: Option<FrameId>, then: F)
+    where
+        M: Message + std::marker::Send + 'static,
+        M::Result: std::marker::Send,
+        Registry: Handler<M>,
+        F: FnOnce(&mut Self, &mut Context<Self>, M::Result) + 'static,
+    {
         self.sync_registry(ctx);
         let request = self.registry.send(msg);
         ctx.wait(
@@ -409,7 +422,11 @@ impl Session {
                     Err(e) => {
                         tracing::warn!(parent: &act.span, session = %act.wire_id, error = %e, "registry unreachable");
                         act.registry_lost.get_or_insert_with(Instant::now);
-                        act.send_error(ErrorCode::Internal, "registry unavailable", None);
+                        act.send_error(
+                            ErrorCode::Internal,
+                            "registry unavailable",
+                            id.as_deref(),
+                        );
                     }
                 }),
         );
@@ -656,7 +673,10 @@ impl Session {
                     id: p.id.map(FrameId::checked),
                 };
                 // The registry queues the ack or the error itself.
-                self.gate(ctx, msg, |act, ctx, msg| act.ask(ctx, msg, |_, _, _| {}));
+                self.gate(ctx, msg, |act, ctx, msg| {
+                    let id = msg.id.clone();
+                    act.ask_for(ctx, msg, id, |_, _, _| {});
+                });
             }
             Inbound::Send(s) => {
                 let to = UserName::checked(s.to);
@@ -674,7 +694,10 @@ impl Session {
                     data: s.data.to_owned(),
                     id: s.id.map(FrameId::checked),
                 };
-                self.gate(ctx, msg, |act, ctx, msg| act.ask(ctx, msg, |_, _, _| {}));
+                self.gate(ctx, msg, |act, ctx, msg| {
+                    let id = msg.id.clone();
+                    act.ask_for(ctx, msg, id, |_, _, _| {});
+                });
             }
             Inbound::Bye(bye) => {
                 tracing::debug!(parent: &self.span, reason = ?bye.reason, "client said bye");
