@@ -205,6 +205,20 @@ pub struct ServeArgs {
     pub hooks: HookArgs,
 }
 
+/// Lays a flag over its config value when it was given (by flag or environment).
+pub fn overlay<T: Clone>(value: &mut T, flag: &Option<T>) {
+    if let Some(flag) = flag {
+        value.clone_from(flag);
+    }
+}
+
+/// Lays a flag over an optional config value when it was given (by flag or environment).
+pub fn overlay_some<T: Clone>(value: &mut Option<T>, flag: &Option<T>) {
+    if flag.is_some() {
+        value.clone_from(flag);
+    }
+}
+
 fn parse_send(text: &str) -> Result<SendPolicy, String> {
     Ok(SendPolicy::parse(text))
 }
@@ -216,72 +230,58 @@ impl ServeArgs {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { c.$field = v; } )* };
-        }
-        set!(
-            listen,
-            heartbeat_interval,
-            max_missed,
-            handshake_timeout,
-            max_frame,
-            max_bad_frames,
-            workers,
-            outbound_budget,
-            close_timeout,
-            history_size,
-            history_ttl,
-            sweep_interval,
-            drain_timeout,
-            max_registry_restarts,
-            registry_restart_window,
-            shutdown_reconnect,
-            backlog
+        overlay(&mut c.listen, &self.listen);
+        overlay(&mut c.heartbeat_interval, &self.heartbeat_interval);
+        overlay(&mut c.max_missed, &self.max_missed);
+        overlay(&mut c.handshake_timeout, &self.handshake_timeout);
+        overlay(&mut c.max_frame, &self.max_frame);
+        overlay(&mut c.max_bad_frames, &self.max_bad_frames);
+        overlay(&mut c.workers, &self.workers);
+        overlay(&mut c.outbound_budget, &self.outbound_budget);
+        overlay(&mut c.close_timeout, &self.close_timeout);
+        overlay(&mut c.history_size, &self.history_size);
+        overlay(&mut c.history_ttl, &self.history_ttl);
+        overlay(&mut c.sweep_interval, &self.sweep_interval);
+        overlay(&mut c.drain_timeout, &self.drain_timeout);
+        overlay(&mut c.max_registry_restarts, &self.max_registry_restarts);
+        overlay(
+            &mut c.registry_restart_window,
+            &self.registry_restart_window,
         );
-        c.heartbeat_min = self.heartbeat_min.or(c.heartbeat_min);
-        c.heartbeat_max = self.heartbeat_max.or(c.heartbeat_max);
-        c.tcp.keepalive_idle = self.tcp_keepalive_idle.or(c.tcp.keepalive_idle);
-        c.tcp.keepalive_interval = self.tcp_keepalive_interval.or(c.tcp.keepalive_interval);
-        c.tcp.keepalive_retries = self.tcp_keepalive_retries.or(c.tcp.keepalive_retries);
-        c.tcp.user_timeout = self.tcp_user_timeout.or(c.tcp.user_timeout);
-        c.auth.jwt_secret = self.jwt_secret.clone().or(c.auth.jwt_secret);
-        c.auth.jwt_public_key = self.jwt_public_key.clone().or(c.auth.jwt_public_key);
-        if let Some(send) = &self.auth_send {
-            c.auth.send = send.clone();
-        }
-        c.tls.cert = self.tls_cert.clone().or(c.tls.cert);
-        c.tls.key = self.tls_key.clone().or(c.tls.key);
+        overlay(&mut c.shutdown_reconnect, &self.shutdown_reconnect);
+        overlay(&mut c.backlog, &self.backlog);
+        overlay_some(&mut c.heartbeat_min, &self.heartbeat_min);
+        overlay_some(&mut c.heartbeat_max, &self.heartbeat_max);
+        let t = &mut c.tcp;
+        overlay_some(&mut t.keepalive_idle, &self.tcp_keepalive_idle);
+        overlay_some(&mut t.keepalive_interval, &self.tcp_keepalive_interval);
+        overlay_some(&mut t.keepalive_retries, &self.tcp_keepalive_retries);
+        overlay_some(&mut t.user_timeout, &self.tcp_user_timeout);
+        overlay_some(&mut c.auth.jwt_secret, &self.jwt_secret);
+        overlay_some(&mut c.auth.jwt_public_key, &self.jwt_public_key);
+        overlay(&mut c.auth.send, &self.auth_send);
+        overlay_some(&mut c.tls.cert, &self.tls_cert);
+        overlay_some(&mut c.tls.key, &self.tls_key);
         let l = &mut c.limits;
-        l.max_connections = self.max_connections.unwrap_or(l.max_connections);
-        l.max_connections_per_ip = self
-            .max_connections_per_ip
-            .unwrap_or(l.max_connections_per_ip);
-        l.accept_rate = self.accept_rate.unwrap_or(l.accept_rate);
-        l.max_sessions_per_user = self
-            .max_sessions_per_user
-            .unwrap_or(l.max_sessions_per_user);
-        l.max_rooms_per_session = self
-            .max_rooms_per_session
-            .unwrap_or(l.max_rooms_per_session);
-        l.message_rate = self.message_rate.unwrap_or(l.message_rate);
-        l.message_burst = self.message_burst.unwrap_or(l.message_burst);
-        l.max_connection_age = self.max_connection_age.or(l.max_connection_age);
-        if let Some(prefixes) = &self.presence_events {
-            c.presence_events = prefixes.clone();
-        }
+        overlay(&mut l.max_connections, &self.max_connections);
+        overlay(&mut l.max_connections_per_ip, &self.max_connections_per_ip);
+        overlay(&mut l.accept_rate, &self.accept_rate);
+        overlay(&mut l.max_sessions_per_user, &self.max_sessions_per_user);
+        overlay(&mut l.max_rooms_per_session, &self.max_rooms_per_session);
+        overlay(&mut l.message_rate, &self.message_rate);
+        overlay(&mut l.message_burst, &self.message_burst);
+        overlay_some(&mut l.max_connection_age, &self.max_connection_age);
+        overlay(&mut c.presence_events, &self.presence_events);
         c.reuse_port |= self.reuse_port;
         let b = &mut c.broker;
-        b.url = self.broker.clone().or(b.url.take());
-        b.key_prefix = self
-            .broker_key_prefix
-            .clone()
-            .unwrap_or(std::mem::take(&mut b.key_prefix));
-        b.node = self.broker_node.clone().or(b.node.take());
-        b.presence_ttl = self.broker_presence_ttl.unwrap_or(b.presence_ttl);
-        b.probe_interval = self.broker_probe_interval.unwrap_or(b.probe_interval);
-        b.command_timeout = self.broker_command_timeout.unwrap_or(b.command_timeout);
+        overlay_some(&mut b.url, &self.broker);
+        overlay(&mut b.key_prefix, &self.broker_key_prefix);
+        overlay_some(&mut b.node, &self.broker_node);
+        overlay(&mut b.presence_ttl, &self.broker_presence_ttl);
+        overlay(&mut b.probe_interval, &self.broker_probe_interval);
+        overlay(&mut b.command_timeout, &self.broker_command_timeout);
         b.start_degraded |= self.broker_start_degraded;
-        b.tls_ca = self.broker_tls_ca.clone().or(b.tls_ca.take());
+        overlay_some(&mut b.tls_ca, &self.broker_tls_ca);
         self.http.apply(&mut c.http);
         self.ws.apply(&mut c.ws);
         self.hooks.apply(&mut c.hooks);
