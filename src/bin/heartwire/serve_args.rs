@@ -310,3 +310,161 @@ pub struct TokenArgs {
     #[arg(long, default_value = "1h", value_parser = duration)]
     pub ttl: Duration,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `serve` flag reaches its config value, and flags not given leave the config's.
+    #[test]
+    fn each_flag_lands_on_its_config_value() {
+        let ms = Duration::from_millis;
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:9".parse().unwrap()),
+            heartbeat_interval: Some(ms(2001)),
+            heartbeat_min: Some(ms(1002)),
+            heartbeat_max: Some(ms(1_000_003)),
+            max_missed: Some(4),
+            handshake_timeout: Some(ms(1004)),
+            max_frame: Some(1005),
+            max_bad_frames: Some(6),
+            workers: Some(7),
+            outbound_budget: Some(100_008),
+            close_timeout: Some(ms(1009)),
+            history_size: Some(10),
+            history_ttl: Some(ms(1011)),
+            sweep_interval: Some(ms(1012)),
+            drain_timeout: Some(ms(1013)),
+            max_registry_restarts: Some(14),
+            registry_restart_window: Some(ms(1015)),
+            shutdown_reconnect: Some(ms(1016)),
+            backlog: Some(17),
+            tcp_keepalive_idle: Some(ms(1018)),
+            tcp_keepalive_interval: Some(ms(1019)),
+            tcp_keepalive_retries: Some(20),
+            tcp_user_timeout: Some(ms(1021)),
+            jwt_secret: Some("a-secret-of-22-bytes-x".into()),
+            auth_send: Some(SendPolicy::parse("none")),
+            max_connections: Some(23),
+            max_connections_per_ip: Some(24),
+            accept_rate: Some(25),
+            max_sessions_per_user: Some(26),
+            max_rooms_per_session: Some(27),
+            message_rate: Some(28),
+            message_burst: Some(29),
+            max_connection_age: Some(ms(1030)),
+            presence_events: Some(vec!["p-".into()]),
+            reuse_port: true,
+            broker: Some("redis://127.0.0.1:31/".into()),
+            broker_key_prefix: Some("prefix32".into()),
+            broker_node: Some("node33".into()),
+            broker_presence_ttl: Some(ms(100_034)),
+            broker_probe_interval: Some(ms(1035)),
+            broker_command_timeout: Some(ms(1036)),
+            broker_start_degraded: true,
+            ..ServeArgs::default()
+        };
+        let c = args.to_config().unwrap();
+        let got = (
+            (c.listen.to_string(), c.heartbeat_interval, c.heartbeat_min),
+            (c.heartbeat_max, c.max_missed, c.handshake_timeout),
+            (c.max_frame, c.max_bad_frames, c.workers, c.outbound_budget),
+            (
+                c.close_timeout,
+                c.history_size,
+                c.history_ttl,
+                c.sweep_interval,
+            ),
+            (
+                c.drain_timeout,
+                c.max_registry_restarts,
+                c.registry_restart_window,
+            ),
+            (c.shutdown_reconnect, c.backlog),
+        );
+        let want = (
+            ("127.0.0.1:9".to_owned(), ms(2001), Some(ms(1002))),
+            (Some(ms(1_000_003)), 4, ms(1004)),
+            (1005, 6, 7, 100_008),
+            (ms(1009), 10, ms(1011), ms(1012)),
+            (ms(1013), 14, ms(1015)),
+            (ms(1016), 17),
+        );
+        assert_eq!(got, want);
+        let t = &c.tcp;
+        assert_eq!(
+            (t.keepalive_idle, t.keepalive_interval),
+            (Some(ms(1018)), Some(ms(1019)))
+        );
+        assert_eq!(
+            (t.keepalive_retries, t.user_timeout),
+            (Some(20), Some(ms(1021)))
+        );
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("a-secret-of-22-bytes-x"));
+        assert_eq!(c.auth.jwt_public_key, None, "not given: the config's");
+        assert_eq!(c.auth.send, SendPolicy::parse("none"));
+        assert_eq!((c.tls.cert.as_ref(), c.tls.key.as_ref()), (None, None));
+        let l = &c.limits;
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_ip, l.accept_rate),
+            (23, 24, 25)
+        );
+        assert_eq!((l.max_sessions_per_user, l.max_rooms_per_session), (26, 27));
+        assert_eq!(
+            (l.message_rate, l.message_burst, l.max_connection_age),
+            (28, 29, Some(ms(1030)))
+        );
+        assert_eq!(c.presence_events, ["p-"]);
+        assert!(c.reuse_port);
+        let b = &c.broker;
+        assert_eq!(
+            (b.url.as_deref(), b.key_prefix.as_str(), b.node.as_deref()),
+            (Some("redis://127.0.0.1:31/"), "prefix32", Some("node33"))
+        );
+        assert_eq!(
+            (b.presence_ttl, b.probe_interval, b.command_timeout),
+            (ms(100_034), ms(1035), ms(1036))
+        );
+        assert!(b.start_degraded);
+        assert_eq!(b.tls_ca, None);
+
+        // The paths: given ones land, and nothing given keeps the defaults.
+        let paths = ServeArgs {
+            tls_cert: Some("cert.pem".into()),
+            tls_key: Some("key.pem".into()),
+            jwt_public_key: Some("jwt.pem".into()),
+            broker: Some("rediss://127.0.0.1:37/".into()),
+            broker_tls_ca: Some("ca.pem".into()),
+            ..ServeArgs::default()
+        };
+        let c = paths.to_config().unwrap();
+        assert_eq!(
+            (
+                c.tls.cert,
+                c.tls.key,
+                c.auth.jwt_public_key,
+                c.broker.tls_ca
+            ),
+            (
+                Some("cert.pem".into()),
+                Some("key.pem".into()),
+                Some("jwt.pem".into()),
+                Some("ca.pem".into())
+            )
+        );
+        let defaults = ServeArgs::default().to_config().unwrap();
+        let default = Config::default();
+        assert_eq!(
+            (
+                defaults.listen,
+                defaults.heartbeat_interval,
+                defaults.limits.max_connections
+            ),
+            (
+                default.listen,
+                default.heartbeat_interval,
+                default.limits.max_connections
+            )
+        );
+    }
+}
