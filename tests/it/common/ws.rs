@@ -168,10 +168,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsClient<S> {
         }
     }
 
-    /// The next frame that is not a server `ping` (answered when `auto_pong`).
+    /// The next frame that is not a server `ping` (answered when `auto_pong`). Panics after
+    /// [`PATIENCE`] in all, however many pings arrive meanwhile.
     pub async fn recv_non_ping(&mut self) -> Value {
+        let until = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let frame = self.recv().await;
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let frame = match self.event_within(left).await {
+                Some(Event::Frame(frame)) => frame,
+                Some(other) => panic!("expected a frame, got {other:?}"),
+                None => panic!("no frame but pings within {PATIENCE:?}"),
+            };
             if frame["type"] == "ping" {
                 if self.auto_pong {
                     self.send(json!({"type": "pong", "seq": frame["seq"]}))
