@@ -138,6 +138,8 @@ pub struct Registry {
     /// wanted even when no admitted session of theirs is left here.
     identifying: HashMap<UserName, usize>,
     rooms: HashMap<RoomName, Room>,
+    /// The generation of the latest room created.
+    room_generations: u64,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
     metrics: Arc<Metrics>,
@@ -162,6 +164,7 @@ impl Registry {
             users: HashMap::new(),
             identifying: HashMap::new(),
             rooms: HashMap::new(),
+            room_generations: 0,
             draining: false,
             drained: Vec::new(),
             metrics: Arc::new(Metrics::new()),

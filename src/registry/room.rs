@@ -103,6 +103,9 @@ pub(super) struct Room {
     filling: bool,
     /// Acks waiting for their message to be fanned out: (seq, session, ack frame).
     acks: Vec<(u64, SessionId, Bytes)>,
+    /// Tells this room from an earlier one of the same name, forgotten while a broker call
+    /// it made was in flight: such a call's answer is not for this room.
+    generation: u64,
 }
 
 impl Room {
@@ -123,7 +126,12 @@ impl Registry {
         joiner: Joiner,
     ) {
         let first = !self.rooms.contains_key(&room);
-        let state = self.rooms.entry(room.clone()).or_default();
+        self.room_generations += 1;
+        let generation = self.room_generations;
+        let state = self.rooms.entry(room.clone()).or_insert_with(|| Room {
+            generation,
+            ..Room::default()
+        });
         state.joiners.insert(id, joiner);
         if first {
             let subscribe = self.broker.subscribe_room(&room);
@@ -131,6 +139,7 @@ impl Registry {
                 subscribe
                     .into_actor(self)
                     .map(move |result, act, ctx| match result {
+                        _ if !act.room_is(&room, generation) => {}
                         Ok(()) => {
                             if let Some(state) = act.rooms.get_mut(&room) {
                                 state.live = true;
@@ -170,10 +179,12 @@ impl Registry {
         since: Option<u64>,
         epoch: Option<String>,
     ) {
+        let generation = self.rooms.get(&room).map(|r| r.generation);
         let read = self.broker.history(&room, since, epoch.as_deref());
         ctx.spawn(
             read.into_actor(self)
                 .map(move |result, act, ctx| match result {
+                    _ if generation.is_none_or(|g| !act.room_is(&room, g)) => {}
                     Ok(history) => act.joined(ctx, &room, id, history),
                     Err(error) => {
                         if let Some(joiner) = act.take_joiner(&room, id) {
@@ -183,6 +194,13 @@ impl Registry {
                     }
                 }),
         );
+    }
+
+    /// Whether `room` is still the one of `generation`.
+    fn room_is(&self, room: &RoomName, generation: u64) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.generation == generation)
     }
 
     fn take_joiner(&mut self, room: &RoomName, id: SessionId) -> Option<Joiner> {
@@ -416,13 +434,16 @@ impl Registry {
             return;
         }
         state.filling = true;
+        let generation = state.generation;
         self.metrics.room_filled();
         let room = room.clone();
         let read = self.broker.history(&room, Some(top), Some(&epoch));
         ctx.spawn(read.into_actor(self).map(move |result, act, ctx| {
-            if let Some(state) = act.rooms.get_mut(&room) {
-                state.filling = false;
-            }
+            let Some(state) = act.rooms.get_mut(&room).filter(|r| r.generation == generation)
+            else {
+                return;
+            };
+            state.filling = false;
             match result {
                 Ok(history) if history.complete && history.epoch == epoch => {
                     for (seq, frame) in history.entries {
