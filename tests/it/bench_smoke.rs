@@ -28,7 +28,7 @@ fn args(mode: Mode, server: &heartwire::ServerHandle) -> BenchArgs {
 async fn idle_holds_and_answers_pings_and_samples_the_server() {
     let server = server();
     let mut a = args(Mode::Idle, &server);
-    a.server_pid = Some(std::process::id());
+    a.server_pid = vec![std::process::id()];
     let report = bench::run(&a).await.expect("bench runs");
     let ramp = report.ramp.as_ref().expect("ramp");
     assert_eq!(ramp.established, 20, "{}", report.table());
