@@ -11,9 +11,10 @@
 //! does, so the server acks each publish and dedupes resends) and its scheduled send time in
 //! `data.t`. Every client counts the `message`s of its room (its own included, as the protocol
 //! delivers them), their publish → receive latency, holes in the room's `seq`, and the `ack`s
-//! and `error`s its publishes get. A publish counts the room's size towards the deliveries
-//! expected, so `missing` is exact as long as every client of the room was established (the
-//! report warns otherwise).
+//! and `error`s its publishes get. An acknowledged publish counts the room's size towards the
+//! deliveries expected (a refused one, `error{code:"unavailable"}` say, was never sequenced and
+//! is counted as refused), so `missing` is exact as long as every client of the room was
+//! established (the report warns otherwise).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -153,7 +154,6 @@ pub(crate) async fn client(ctx: Arc<ShardCtx>, index: usize, slot: Slot) {
                     break;
                 }
                 ctx.add(|c| &c.published);
-                ctx.counters.expected.fetch_add(members, Ordering::Relaxed);
             }
             line = conn.next_line() => {
                 let line = match line {
@@ -179,7 +179,10 @@ pub(crate) async fn client(ctx: Arc<ShardCtx>, index: usize, slot: Slot) {
                             lock(&ctx.latency).record(client::unix_micros().saturating_sub(t));
                         }
                     }
-                    "ack" => ctx.add(|c| &c.acked),
+                    "ack" => {
+                        ctx.add(|c| &c.acked);
+                        ctx.counters.expected.fetch_add(members, Ordering::Relaxed);
+                    }
                     "error" => {
                         ctx.add(|c| &c.refused);
                         ctx.error_seen(frame.code.as_deref().unwrap_or("none"));
@@ -239,9 +242,12 @@ pub struct ChatReport {
     pub acked: u64,
     /// Publishes answered with `error`.
     pub refused: u64,
+    /// Publishes neither acknowledged nor refused by the end (their deliveries, if any, count
+    /// in `delivered` but not in `expected`).
+    pub unanswered: u64,
     /// `error` frames by code.
     pub errors: BTreeMap<String, u64>,
-    /// Deliveries the publishes should have caused (each publish × its room's size).
+    /// Deliveries the acknowledged publishes should have caused (each × its room's size).
     pub expected: u64,
     /// Messages received.
     pub delivered: u64,
@@ -283,6 +289,7 @@ impl ChatReport {
             publish_rate: tally.published as f64 / duration,
             acked: tally.acked,
             refused: tally.refused,
+            unanswered: tally.published.saturating_sub(tally.acked + tally.refused),
             errors: errors.clone(),
             expected: tally.expected,
             delivered: tally.delivered,
@@ -309,12 +316,13 @@ impl ChatReport {
             (
                 "chat: published".to_owned(),
                 format!(
-                    "{} ({:.0}/s of {:.0}/s offered), acked {}, refused {}",
+                    "{} ({:.0}/s of {:.0}/s offered), acked {}, refused {}, unanswered {}",
                     self.published,
                     self.publish_rate,
                     self.offered_per_second,
                     self.acked,
-                    self.refused
+                    self.refused,
+                    self.unanswered
                 ),
             ),
             (

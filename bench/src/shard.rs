@@ -178,7 +178,8 @@ tally! {
     acked,
     /// Publishes answered with `error` (chat; see the error codes).
     refused,
-    /// Deliveries the publishes so far should cause: each counts its room's size (chat).
+    /// Deliveries the publishes acknowledged so far should cause: each counts its room's size
+    /// (chat).
     expected,
     /// Room seqs a client never received between two it did (chat).
     seq_holes,
