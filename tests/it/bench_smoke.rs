@@ -81,7 +81,12 @@ async fn chat_delivers_every_publish_to_its_room() {
     );
     // Each publish reaches its room: 5 members, or 2 in the last room.
     assert!(c.expected > c.published * 2 && c.expected <= c.published * 5);
-    assert_eq!((c.delivered, c.missing), (c.expected, 0), "{}", report.table());
+    assert_eq!(
+        (c.delivered, c.missing),
+        (c.expected, 0),
+        "{}",
+        report.table()
+    );
     assert_eq!((c.seq_holes, c.seq_disorder), (0, 0), "{}", report.table());
     assert_eq!(c.latency_ms.as_ref().expect("latency").count, c.delivered);
     assert!(c.deliveries_per_cpu_second.is_some());
