@@ -18,9 +18,9 @@
 //! one process and their phases), [`worker`] (shards in this or in child processes), the
 //! per-mode behaviour in [`idle`], [`fanout`], [`detect`], [`churn`] and [`chat`], `/proc`
 //! readings in [`proc`] (of several server processes in [`nodes`]), statistics in [`stats`],
-//! the result in [`report`] and the live view in [`progress`]. The coordinator here splits the work into shards (one process opens at most
-//! its open-file limit of sockets), ramps them, runs the window while sampling the server's
-//! `/proc` entries, and adds up the results.
+//! the result in [`report`] and the live view in [`progress`]. The coordinator here splits
+//! the work into shards (one process opens at most its open-file limit of sockets), ramps
+//! them, runs the window while sampling the server's `/proc` entries, and adds up the results.
 
 pub mod chat;
 pub mod churn;

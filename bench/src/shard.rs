@@ -156,7 +156,7 @@ macro_rules! tally {
 tally! {
     /// Connection attempts started.
     attempted,
-    /// Connections that completed the handshake (and `subscribe`, in fan-out).
+    /// Connections that completed the handshake (and `subscribe`, in fan-out and chat).
     established,
     /// Attempts that failed (see the failure keys).
     failed,
