@@ -219,6 +219,17 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        // Until its loader and locale set-up are done the child opens and closes files; wait
+        // until it sleeps with the same files open twice in a row.
+        let settled = || {
+            let state = std::fs::read_to_string(format!("/proc/{}/stat", child.id()));
+            let asleep = state.is_ok_and(|s| s.rsplit(')').next().unwrap().trim().starts_with('S'));
+            let files = open_files(child.id());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            asleep && files.is_some() && files == open_files(child.id())
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !settled() && std::time::Instant::now() < deadline {}
         let pids = [me, child.id()];
         let before = Before::read(&pids).unwrap();
         let mut two = NodesSampler::start(before).unwrap();
