@@ -61,14 +61,30 @@ impl Env {
     }
 
     async fn broker(&self, node: &str) -> Rc<dyn Broker> {
+        self.broker_with(node, |_| {}).await
+    }
+
+    /// A node's broker whose Redis settings `tune` adjusts.
+    async fn broker_with(
+        &self,
+        node: &str,
+        tune: impl FnOnce(&mut BrokerConfig),
+    ) -> Rc<dyn Broker> {
         match self.backend {
-            Backend::Memory => Rc::new(MemoryBroker::new(self.limits)),
+            Backend::Memory => {
+                let _ = (node, tune);
+                Rc::new(MemoryBroker::new(self.limits))
+            }
             #[cfg(feature = "redis")]
-            Backend::Redis => Rc::new(
-                heartwire::testing::redis_broker(&self.broker_config(), self.limits, node)
-                    .await
-                    .expect("broker connects"),
-            ),
+            Backend::Redis => {
+                let mut config = self.broker_config();
+                tune(&mut config);
+                Rc::new(
+                    heartwire::testing::redis_broker(&config, self.limits, node)
+                        .await
+                        .expect("broker connects"),
+                )
+            }
         }
     }
 }
@@ -462,6 +478,77 @@ mod nodes {
         quiet(&mut eb, Duration::from_millis(200)).await;
         b.presence_remove(&r, &alice, "b-1").await.unwrap();
         assert!(matches!(next(&mut eb).await, BrokerEvent::Left { .. }));
+    }
+
+    /// A refresh round takes round trips (here: a store that stops answering in the middle of
+    /// one); a session released meanwhile stays released: no `join` for it, and it does not
+    /// count as the user's session on any node.
+    #[actix_rt::test]
+    async fn a_refresh_never_brings_back_a_released_session() {
+        let Some(env) = Env::new(Backend::Redis, limits(1)) else {
+            return;
+        };
+        // Refreshes every 200 ms; nothing times out or probes while the store is stopped.
+        let slow = |c: &mut BrokerConfig| {
+            c.presence_ttl = Duration::from_millis(600);
+            c.command_timeout = Duration::from_secs(5);
+            c.probe_interval = Duration::from_secs(60);
+        };
+        let a = env.broker_with("a", slow).await;
+        let observer = env.broker_with("b", slow).await;
+        let mut events = a.events();
+        // More rooms than a round refreshes at once, so that some are sent only after the
+        // store answers again.
+        let rooms: Vec<RoomName> = (0..40).map(|i| room(&format!("r{i}"))).collect();
+        let x = user("x");
+        for r in &rooms {
+            a.subscribe_room(r).await.unwrap();
+            a.presence_add(r, &x, "a-1").await.unwrap();
+            assert!(matches!(
+                next(&mut events).await,
+                BrokerEvent::Joined { .. }
+            ));
+        }
+        assert!(a.claim_session(&x, "a-1", 1).await.unwrap());
+        let redis = env.redis.as_ref().unwrap();
+        redis.pause();
+        // A round starts with the session in it and waits on the store.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        a.release_session(&x, "a-1");
+        for r in &rooms {
+            actix_rt::spawn(a.presence_remove(r, &x, "a-1"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        redis.resume();
+        let no_join = |event: BrokerEvent| match event {
+            BrokerEvent::Joined { room, user } => {
+                panic!("{user} joined {room} again after leaving")
+            }
+            other => other,
+        };
+        // The removals, sent after the user-index release, are through.
+        for _ in &rooms {
+            assert!(matches!(
+                no_join(next(&mut events).await),
+                BrokerEvent::Left { .. }
+            ));
+        }
+        // Longer than the ttl a refresh would have given them back.
+        let frame = bytes::Bytes::from_static(b"{\"type\":\"message\",\"from\":null,\"data\":1}\n");
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            assert_eq!(
+                observer.send_to_others(&x, frame.clone()).await.unwrap(),
+                0,
+                "the released session counts again"
+            );
+            if let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_millis(20), events.next()).await
+            {
+                no_join(event);
+            }
+        }
+        assert!(a.claim_session(&x, "a-2", 1).await.unwrap());
     }
 
     #[actix_rt::test]
