@@ -371,6 +371,64 @@ async fn a_new_event_stream_takes_over(backend: Backend) {
     }
 }
 
+/// A registry that takes over after a crash: what the sessions of the crashed one held is kept
+/// only where a session asserts it again (it registered with the new registry); the rest
+/// belonged to sessions that ended around the crash and lapses, with its `leave`.
+async fn a_takeover_keeps_only_what_sessions_assert_again(backend: Backend) {
+    let Some(env) = Env::new(backend, limits(1)) else {
+        return;
+    };
+    let b = env
+        .broker_with("n1", |c| c.presence_ttl = Duration::from_millis(600))
+        .await;
+    let mut crashed = b.events();
+    let r = room("r");
+    b.subscribe_room(&r).await.unwrap();
+    let (gone, back) = (user("gone"), user("back"));
+    assert!(b.claim_session(&gone, "n1-1", 1).await.unwrap());
+    assert!(b.claim_session(&back, "n1-2", 1).await.unwrap());
+    b.presence_add(&r, &gone, "n1-1").await.unwrap();
+    b.presence_add(&r, &back, "n1-2").await.unwrap();
+    for joined in [&gone, &back] {
+        assert_eq!(
+            presence_event(next(&mut crashed).await),
+            ("join", joined.clone())
+        );
+    }
+    let mut events = b.events();
+    b.subscribe_room(&r).await.unwrap();
+    // `back` registers with the new registry, `gone` never does.
+    assert!(b.claim_session(&back, "n1-2", 0).await.unwrap());
+    b.presence_add(&r, &back, "n1-2").await.unwrap();
+    // What the registry does once the sessions had their time (a store whose entries expire
+    // lets them expire instead).
+    b.release_not_rejoined();
+    assert_eq!(
+        presence_event(next(&mut events).await),
+        ("leave", gone.clone())
+    );
+    assert_eq!(b.presence(&r).await.unwrap(), std::slice::from_ref(&back));
+    // (In Redis the claim expires with the presence entry, give or take a round trip.)
+    let until = Instant::now() + PATIENCE;
+    while !b.claim_session(&gone, "n1-3", 1).await.unwrap() {
+        assert!(
+            Instant::now() < until,
+            "the claim of a session that never came back did not lapse"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !b.claim_session(&back, "n1-4", 1).await.unwrap(),
+        "the claim asserted again holds"
+    );
+    quiet(&mut events, Duration::from_millis(700)).await;
+    assert_eq!(
+        b.presence(&r).await.unwrap(),
+        [back],
+        "and so does its presence"
+    );
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -402,6 +460,7 @@ suite!(
     presence_follows_users_not_sessions,
     claims_respect_the_limit,
     a_new_event_stream_takes_over,
+    a_takeover_keeps_only_what_sessions_assert_again,
 );
 
 /// Several nodes and a store that fails: Redis only.

@@ -19,6 +19,11 @@
 //! - **The user index** (for `max_sessions_per_user` and for `ack.delivered` across nodes) is a
 //!   sorted set of each user's sessions, refreshed the same way. A limit is exact among live
 //!   nodes; the sessions of a node that died count until they expire.
+//! - **A registry crash** ends the refresh of everything the node held: its sessions claim
+//!   and join again as they register with the new registry, and what belonged to sessions
+//!   that ended around the crash expires within the ttl.
+//! - **Direct messages and kicks** go on a per-user channel, which a node subscribes to while it
+//!   holds a session of that user; closing one session by id goes to its node's channel.
 //!
 //! Commands share one multiplexed [`ConnectionManager`] with a short retry budget; the
 //! subscriptions have a dedicated connection ([`pubsub`]). Every call is bounded by
@@ -815,11 +820,13 @@ impl Broker for RedisBroker {
         self.shared.lagging.set(false);
         if replaced {
             // A registry that crashed is replaced: its rooms and users are wanted again, and
-            // its members present again, only as its sessions register with the new one
-            // (each with its cursor, so nothing is missed meanwhile). Sessions that do not
-            // come back leave presence when their entries expire.
+            // its members present and claimed again, only as its sessions register with the
+            // new one (each with its cursor, so nothing is missed meanwhile). Sessions that do
+            // not come back (they ended around the crash, their goodbye lost with the old
+            // registry) leave presence and the user index when their entries expire.
             self.shared.subs.unwant_all_but_node();
             self.shared.presence.borrow_mut().clear();
+            self.shared.claims.borrow_mut().clear();
         }
         stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed_local()
     }
@@ -1031,11 +1038,16 @@ impl Broker for RedisBroker {
         let shared = self.shared.clone();
         let user = user.clone();
         let member = member.to_owned();
+        if max == 0 {
+            // Cannot be refused (a session registering again after a crash): the node holds
+            // it from now on, and a claim the store does not take is made by the next refresh.
+            shared.hold_claim(user.clone(), member.clone());
+        }
         Box::pin(async move {
             let claimed = shared
                 .claim(&user, std::slice::from_ref(&member), max)
                 .await?;
-            if claimed {
+            if claimed && max > 0 {
                 shared.hold_claim(user, member);
             }
             Ok(claimed)
