@@ -38,7 +38,7 @@ use futures_util::future::LocalBoxFuture;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use self::keeper::Orphans;
+use self::keeper::{Orphan, Orphans};
 use self::room::{Joiner, Room};
 use crate::broker::{Broker, BrokerError, BrokerEvent, PublishRequest};
 use crate::metrics::{Limit, Metrics};
@@ -442,7 +442,16 @@ impl Drop for Registry {
     /// without any other notice) and which sessions must re-register.
     fn drop(&mut self) {
         if let Some(death) = self.death.take() {
-            let _ = death.send(self.sessions.values().map(|e| e.addr.clone()).collect());
+            let orphans = self.sessions.iter().map(|(id, e)| Orphan {
+                addr: e.addr.clone(),
+                goodbye: Disconnect {
+                    id: *id,
+                    user: e.user.clone(),
+                    member: e.gauge.wire_id().clone(),
+                    rooms: e.rooms.iter().cloned().collect(),
+                },
+            });
+            let _ = death.send(orphans.collect());
         }
     }
 }

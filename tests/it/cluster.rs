@@ -687,10 +687,10 @@ async fn a_registry_crash_on_one_node_loses_nothing() {
 }
 
 /// A session that ended around a registry crash, its goodbye lost: its presence and its claim
-/// in the user index are not refreshed by the fresh registry and expire, while those of the
-/// sessions that registered again stay.
+/// in the user index are released by the fresh registry (or, failing that, no longer refreshed
+/// and expire), while those of the sessions that registered again stay.
 #[actix_rt::test]
-async fn a_goodbye_lost_in_a_registry_crash_expires() {
+async fn a_goodbye_lost_in_a_registry_crash_does_not_leave_the_user_behind() {
     let Some(redis) = Redis::start(Persistence::None) else {
         return;
     };

@@ -73,9 +73,9 @@ async fn quiet_client(addr: std::net::SocketAddr, user: &str) -> Client {
 
 /// Alice says goodbye while her registry is about to crash: her session's `Disconnect` waits
 /// behind the crash and dies with it, and her session is gone before the fresh registry starts.
-/// What she held is released all the same: Bob, who stays, sees her leave, she is let in again
-/// under `max_sessions_per_user = 1`, and Carol, who stays too, still counts against it.
-/// `server` runs with that limit and presence events in every room.
+/// What she held is released all the same: she is no longer present with Bob, who stays, she
+/// is let in again under `max_sessions_per_user = 1`, and Carol, who stays too, still counts
+/// against it. `server` runs with that limit and presence events in every room.
 pub(crate) async fn a_goodbye_lost_in_a_crash_releases_the_user(server: &ServerHandle) {
     let addr = server.local_addr();
     let mut bob = quiet_client(addr, "bob").await;
@@ -94,12 +94,24 @@ pub(crate) async fn a_goodbye_lost_in_a_crash_releases_the_user(server: &ServerH
     alice.until_closed().await;
     until_replaced(server, &old).await;
 
-    assert_eq!(bob.recv_type("leave").await["user"], "alice");
-    let present = server.presence("r").await.unwrap();
-    assert_eq!(
-        present.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
-        ["bob"]
-    );
+    eventually("alice is no longer present", || async move {
+        let present = server.presence("r").await.unwrap();
+        present.iter().map(|u| u.as_str()).collect::<Vec<_>>() == ["bob"]
+    })
+    .await;
+    // Bob hears her `leave` if he registered again before it was released (usually).
+    bob.send(json!({"type": "presence", "room": "r"})).await;
+    loop {
+        let frame = bob.recv_non_ping().await;
+        if frame["type"] == "presence" {
+            assert_eq!(frame["users"], json!(["bob"]));
+            break;
+        }
+        assert_eq!(
+            frame,
+            json!({"type": "leave", "room": "r", "user": "alice"})
+        );
+    }
     eventually("alice is let in again", || async move {
         let mut again = Client::connect(addr).await;
         again.send(json!({"type": "hello", "user": "alice"})).await;
@@ -115,8 +127,8 @@ pub(crate) async fn a_goodbye_lost_in_a_crash_releases_the_user(server: &ServerH
     );
 }
 
-/// In one process, what no session asserts again within the dead-peer bound after the crash
-/// (`heartbeat_interval × (max_missed + 1)`) is released, with its `leave`.
+/// In one process (the claims and presence nobody asserts again lapse `dead_after` after the
+/// takeover, short here, should the keeper's goodbye not come first).
 #[actix_rt::test]
 async fn a_goodbye_lost_in_a_crash_does_not_leave_the_user_behind() {
     let mut c = Config {
