@@ -3,6 +3,13 @@
 //! it for publish dedupe; presence and the user index are plain maps. Every call answers at
 //! once, and publications and presence events come back through the same kind of inbound
 //! stream a shared store provides, so the registry has one code path for both.
+//!
+//! Nothing here expires on its own, so a registry crash makes claims and presence leases:
+//! what the crashed registry's sessions held is remembered at the takeover, each session that
+//! registers again asserts its own anew, and the rest (sessions that ended around the crash,
+//! whose goodbye died with the old registry's mailbox) is released when the new registry says
+//! the sessions had their time ([`Broker::release_not_rejoined`]). Without that, such a user
+//! would stay present and count against `max_sessions_per_user` for the life of the process.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -46,7 +53,18 @@ pub struct MemoryBroker {
     presence: RefCell<HashMap<RoomName, HashMap<UserName, HashSet<String>>>>,
     /// User → its sessions, for `max_sessions_per_user`.
     sessions: RefCell<HashMap<UserName, HashSet<String>>>,
+    /// What was held when a registry took over and has not been asserted again since.
+    not_rejoined: RefCell<NotRejoined>,
     events: RefCell<Option<mpsc::Sender<BrokerEvent>>>,
+}
+
+/// Claims and presence left by a registry that crashed, until a session asserts them again.
+#[derive(Debug, Default)]
+struct NotRejoined {
+    /// `(user, member)`.
+    claims: HashSet<(UserName, String)>,
+    /// `(room, user, member)`.
+    presence: HashSet<(RoomName, UserName, String)>,
 }
 
 /// A publish id is unique per publishing user (server pushes have their own namespace).
@@ -140,7 +158,49 @@ impl MemoryBroker {
             rooms: RefCell::new(HashMap::new()),
             presence: RefCell::new(HashMap::new()),
             sessions: RefCell::new(HashMap::new()),
+            not_rejoined: RefCell::new(NotRejoined::default()),
             events: RefCell::new(None),
+        }
+    }
+
+    /// A registry takes over: everything held now waits to be asserted again.
+    fn take_over(&self) {
+        let claims = self
+            .sessions
+            .borrow()
+            .iter()
+            .flat_map(|(user, members)| members.iter().map(|m| (user.clone(), m.clone())))
+            .collect();
+        let presence = self
+            .presence
+            .borrow()
+            .iter()
+            .flat_map(|(room, users)| {
+                users.iter().flat_map(move |(user, members)| {
+                    members
+                        .iter()
+                        .map(move |m| (room.clone(), user.clone(), m.clone()))
+                })
+            })
+            .collect();
+        *self.not_rejoined.borrow_mut() = NotRejoined { claims, presence };
+    }
+
+    fn forget_claim(&self, user: &UserName, member: &str) {
+        let mut not_rejoined = self.not_rejoined.borrow_mut();
+        if !not_rejoined.claims.is_empty() {
+            not_rejoined
+                .claims
+                .remove(&(user.clone(), member.to_owned()));
+        }
+    }
+
+    fn forget_presence(&self, room: &RoomName, user: &UserName, member: &str) {
+        let mut not_rejoined = self.not_rejoined.borrow_mut();
+        if !not_rejoined.presence.is_empty() {
+            not_rejoined
+                .presence
+                .remove(&(room.clone(), user.clone(), member.to_owned()));
         }
     }
 
@@ -218,7 +278,9 @@ impl MemoryBroker {
 impl Broker for MemoryBroker {
     fn events(&self) -> LocalBoxStream<'static, BrokerEvent> {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        *self.events.borrow_mut() = Some(tx);
+        if self.events.borrow_mut().replace(tx).is_some() {
+            self.take_over();
+        }
         tokio_stream_from(rx)
     }
 
@@ -277,6 +339,7 @@ impl Broker for MemoryBroker {
     }
 
     fn presence_add(&self, room: &RoomName, user: &UserName, member: &str) -> BrokerFuture<()> {
+        self.forget_presence(room, user, member);
         let mut presence = self.presence.borrow_mut();
         let members = presence
             .entry(room.clone())
@@ -296,6 +359,7 @@ impl Broker for MemoryBroker {
     }
 
     fn presence_remove(&self, room: &RoomName, user: &UserName, member: &str) -> BrokerFuture<()> {
+        self.forget_presence(room, user, member);
         let mut presence = self.presence.borrow_mut();
         let Some(users) = presence.get_mut(room) else {
             return Box::pin(ready(Ok(())));
@@ -334,17 +398,38 @@ impl Broker for MemoryBroker {
         let claimed = max == 0 || mine.len() < max || mine.contains(member);
         if claimed {
             mine.insert(member.to_owned());
+            drop(sessions);
+            self.forget_claim(user, member);
         }
         Box::pin(ready(Ok(claimed)))
     }
 
     fn release_session(&self, user: &UserName, member: &str) {
+        self.forget_claim(user, member);
         let mut sessions = self.sessions.borrow_mut();
         if let Some(mine) = sessions.get_mut(user) {
             mine.remove(member);
             if mine.is_empty() {
                 sessions.remove(user);
             }
+        }
+    }
+
+    fn release_not_rejoined(&self) {
+        let NotRejoined { claims, presence } = std::mem::take(&mut *self.not_rejoined.borrow_mut());
+        if claims.is_empty() && presence.is_empty() {
+            return;
+        }
+        tracing::info!(
+            claims = claims.len(),
+            presence = presence.len(),
+            "releasing what sessions of the crashed registry did not assert again"
+        );
+        for (user, member) in &claims {
+            self.release_session(user, member);
+        }
+        for (room, user, member) in &presence {
+            drop(self.presence_remove(room, user, member));
         }
     }
 

@@ -182,6 +182,9 @@ pub trait Broker: 'static {
     /// The node's inbound events. The registry takes it when it starts; a later call (a
     /// registry replacing one that crashed) takes over, and events not yet read by the old
     /// one are the new registry's to recover (from history, through the sessions' cursors).
+    /// From a takeover on, the claims and presence held so far are leases: the sessions that
+    /// register again assert theirs anew, and the rest lapse (see
+    /// [`Broker::release_not_rejoined`]).
     fn events(&self) -> LocalBoxStream<'static, BrokerEvent>;
 
     /// Sequences a message (or recognises a duplicate id), keeps it in the room's history
@@ -254,6 +257,16 @@ pub trait Broker: 'static {
 
     /// Periodic upkeep (history expiry, presence refresh); called by the registry's sweep.
     fn maintain(&self) {}
+
+    /// A registry took over from one that crashed (see [`Broker::events`]) and the sessions
+    /// of the old one have had their time to register again: the claims and presence they
+    /// held and did not assert again since the takeover ([`Broker::claim_session`],
+    /// [`Broker::presence_add`]) belonged to sessions that ended around the crash, and are
+    /// released ([`BrokerEvent::Left`] where a user's last session goes). The registry calls it
+    /// once, the dead-peer bound ([`Config::dead_after`](crate::Config::dead_after)) after it
+    /// starts. A store whose entries expire unless refreshed, and which stops refreshing them
+    /// at the takeover, need do nothing (the default).
+    fn release_not_rejoined(&self) {}
 
     /// The room's stream position and history length, without creating the room; `None` when
     /// the broker does not know the room (or cannot tell: the default).

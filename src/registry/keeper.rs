@@ -9,11 +9,14 @@
 //! 1. owns the [`Broker`], so a room's `seq`, `epoch`, history and dedupe outlive any one
 //!    registry;
 //! 2. starts a registry, publishes its address in the [`RegistrySlot`], and waits for it to
-//!    die (its `Drop` hands over the addresses of the sessions it knew, and the keeper also
-//!    polls `Addr::connected` in case that never comes);
+//!    die (its `Drop` hands over the sessions it knew, and the keeper also polls
+//!    `Addr::connected` in case that never comes);
 //! 3. logs the panic's message at `error`, counts it, and starts a fresh registry at once;
 //!    the sessions it knew are told to re-register ([`RegistryRestarted`]), and every other
 //!    session notices the new generation of the slot at its next heartbeat tick or request.
+//!    A session it knew whose actor is gone too ended around the crash, its goodbye perhaps
+//!    lost in the dead registry's mailbox: the fresh registry gets that goodbye on its
+//!    behalf, and releases what it held (its claim, its presence).
 //!    A session re-registers with what it owns: its user, its rooms and the last `seq` it
 //!    was given in each ([`RoomCursor`]), so the registry replays what it missed from history
 //!    or, where history no longer reaches back, sends `unsubscribed{reason:"resync"}`;
@@ -35,7 +38,7 @@ use actix::prelude::*;
 use futures_util::future::LocalBoxFuture;
 use tokio::sync::{oneshot, watch};
 
-use super::Registry;
+use super::{Disconnect, Registry};
 use crate::broker::Broker;
 use crate::metrics::Metrics;
 use crate::panics;
@@ -45,8 +48,20 @@ use crate::session::Session;
 /// notice never comes.
 const LIVENESS_POLL: Duration = Duration::from_millis(200);
 
-/// The addresses of the sessions a registry knew, handed over when it is dropped.
-pub(crate) type Orphans = Vec<Addr<Session>>;
+/// How long after a restart the sessions told to register again have before the goodbyes of
+/// those that ended around the crash are released.
+const REJOIN_HEAD_START: Duration = Duration::from_millis(200);
+
+/// The sessions a registry knew, handed over when it is dropped.
+pub(crate) type Orphans = Vec<Orphan>;
+
+/// A session the dead registry knew: where to tell it to register again, and, if its actor is
+/// gone too, the goodbye the fresh registry releases what it held with (its own may have died
+/// in the dead registry's mailbox).
+pub(crate) struct Orphan {
+    pub(crate) addr: Addr<Session>,
+    pub(crate) goodbye: Disconnect,
+}
 
 /// Where sessions, the accept loop and the application find the registry running now.
 #[derive(Debug)]
@@ -244,8 +259,8 @@ impl Keeper {
                 )
                 .into();
                 tracing::error!(%reason, "giving up: the server stops");
-                for session in &orphans {
-                    session.do_send(RegistryGone);
+                for orphan in &orphans {
+                    orphan.addr.do_send(RegistryGone);
                 }
                 slot.failure.send_replace(Some(reason));
                 return;
@@ -254,9 +269,25 @@ impl Keeper {
                 "registry crashed; a fresh one takes over and sessions re-register");
             (addr, died) = self.start_registry();
             slot.publish(addr.clone());
-            for session in &orphans {
+            let mut goodbyes = Vec::new();
+            for orphan in orphans {
                 // One message per session per restart, and restarts are bounded.
-                session.do_send(RegistryRestarted);
+                if orphan.addr.connected() {
+                    orphan.addr.do_send(RegistryRestarted);
+                } else {
+                    goodbyes.push(orphan.goodbye);
+                }
+            }
+            if !goodbyes.is_empty() {
+                // The live sessions register first, so that those in a gone session's rooms
+                // hear it leave.
+                let fresh = addr.clone();
+                actix_rt::spawn(async move {
+                    tokio::time::sleep(REJOIN_HEAD_START).await;
+                    for goodbye in goodbyes {
+                        fresh.do_send(goodbye);
+                    }
+                });
             }
         }
     }

@@ -14,7 +14,11 @@
 //!
 //! The registry runs under [`actix::Supervisor`] and a keeper ([`keeper`]) that replaces it
 //! after a panic; the state that must survive it (room streams, presence) lives in the
-//! broker, and each session re-registers with what it owns. Membership of a room carries a
+//! broker, and each session re-registers with what it owns. What the broker holds for
+//! sessions (claims, presence) is a lease at a takeover: a session re-registering asserts its
+//! own again, and a session that ended around the crash releases its own through its
+//! [`Disconnect`], which carries what a registry that never knew it needs; whatever neither
+//! reaches lapses (see [`Broker::release_not_rejoined`]). Membership of a room carries a
 //! [`RoomCursor`] shared with the session: the last `seq` queued for it, which is where a
 //! re-registering session resumes. The registry does not rely on sessions to unregister
 //! either: a session whose actor is gone without a `Disconnect` (a panic in a handler may
@@ -34,7 +38,7 @@ use futures_util::future::LocalBoxFuture;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use self::keeper::Orphans;
+use self::keeper::{Orphan, Orphans};
 use self::room::{Joiner, Room};
 use crate::broker::{Broker, BrokerError, BrokerEvent, PublishRequest};
 use crate::metrics::{Limit, Metrics};
@@ -132,6 +136,9 @@ pub struct Registry {
     broker: Rc<dyn Broker>,
     limits: RegistryLimits,
     sweep_interval: std::time::Duration,
+    /// How long after it starts the sessions of a registry this one replaced have to register
+    /// again before what they held in the broker lapses.
+    rejoin_bound: std::time::Duration,
     sessions: HashMap<SessionId, Entry>,
     users: HashMap<UserName, HashSet<SessionId>>,
     /// Users with a session between its `Identify` and its admission: their channel stays
@@ -150,16 +157,19 @@ pub struct Registry {
 
 impl Registry {
     /// A registry over `broker`, sweeping every `sweep_interval`; when it is dropped, the
-    /// sessions it knew go to `death`.
+    /// sessions it knew go to `death`. Sessions of a registry it replaces have `rejoin_bound`
+    /// to register again (see [`Broker::release_not_rejoined`]).
     pub(crate) fn new(
         broker: Rc<dyn Broker>,
         sweep_interval: std::time::Duration,
+        rejoin_bound: std::time::Duration,
         death: oneshot::Sender<Orphans>,
     ) -> Self {
         Registry {
             broker,
             limits: RegistryLimits::default(),
             sweep_interval,
+            rejoin_bound,
             sessions: HashMap::new(),
             users: HashMap::new(),
             identifying: HashMap::new(),
@@ -367,6 +377,12 @@ impl Actor for Registry {
         ctx.set_mailbox_capacity(1024);
         ctx.add_stream(self.broker.events());
         ctx.run_interval(self.sweep_interval, |act, _| act.sweep());
+        // After a takeover, live sessions register again within their heartbeat (at once when
+        // the keeper tells them); what none asserted by then belonged to sessions that ended
+        // around the crash. Nothing to release for the first registry.
+        ctx.run_later(self.rejoin_bound, |act, _| {
+            act.broker.release_not_rejoined()
+        });
         tracing::debug!("registry started");
     }
 }
@@ -427,7 +443,16 @@ impl Drop for Registry {
     /// without any other notice) and which sessions must re-register.
     fn drop(&mut self) {
         if let Some(death) = self.death.take() {
-            let _ = death.send(self.sessions.values().map(|e| e.addr.clone()).collect());
+            let orphans = self.sessions.iter().map(|(id, e)| Orphan {
+                addr: e.addr.clone(),
+                goodbye: Disconnect {
+                    id: *id,
+                    user: e.user.clone(),
+                    member: e.gauge.wire_id().clone(),
+                    rooms: e.rooms.iter().cloned().collect(),
+                },
+            });
+            let _ = death.send(orphans.collect());
         }
     }
 }
@@ -568,7 +593,11 @@ impl Registry {
                 self.metrics.limit_hit(Limit::MaxSessionsPerUser);
                 return Err(RegistryError::UserLimit);
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => {
+                // A claim that timed out may have been made after all.
+                self.broker.release_session(&msg.user, &member);
+                return Err(error.into());
+            }
         }
         let Some(entry) = self.sessions.get_mut(&msg.id) else {
             // It left while the claim was in flight.
@@ -597,19 +626,39 @@ impl Registry {
     }
 }
 
-/// A session ended.
+/// A session ended. It carries what the session held in the broker: a registry that took
+/// over after a crash may never have known the session (it left around the crash, its goodbye
+/// lost with the old registry's mailbox), and releases that from here.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Disconnect {
     /// Session id.
     pub(crate) id: SessionId,
+    /// The user it was admitted as.
+    pub(crate) user: Option<UserName>,
+    /// Its id across the cluster (`welcome.session`), its key in presence and the user index.
+    pub(crate) member: Arc<str>,
+    /// The rooms it was in.
+    pub(crate) rooms: Vec<RoomName>,
 }
 
 impl Handler<Disconnect> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Disconnect, _: &mut Self::Context) {
-        self.remove_session(msg.id);
+        if self.remove_session(msg.id).is_some() {
+            return;
+        }
+        let Some(user) = &msg.user else {
+            return;
+        };
+        // Releasing what the session no longer holds (its registry released it before the
+        // crash) changes nothing.
+        self.broker.release_session(user, &msg.member);
+        for room in &msg.rooms {
+            let call = self.broker.presence_remove(room, user, &msg.member);
+            self.spawn_broker_call(call, "presence remove");
+        }
     }
 }
 
@@ -646,10 +695,10 @@ impl Handler<Rejoin> for Registry {
         if let Some(user) = user {
             if let Some(entry) = self.sessions.get_mut(&id) {
                 entry.user = Some(user.clone());
-                // Not claimed again: the session was admitted, and the broker keeps claims.
                 if self.index_user(id, user.clone()) {
                     self.spawn_broker_call(self.broker.subscribe_user(&user), "user subscribe");
                 }
+                self.claim_again(ctx, id, user);
             }
         }
         for (room, cursor) in rooms {
@@ -658,6 +707,24 @@ impl Handler<Rejoin> for Registry {
             self.join(ctx, room, id, Joiner::new(since, epoch, Some(cursor), None));
         }
         Ok(())
+    }
+}
+
+impl Registry {
+    /// Claims are leases across a crash (see [`Broker::events`]): a session registering again
+    /// claims anew, over no limit, since it was admitted before.
+    fn claim_again(&mut self, ctx: &mut Context<Self>, id: SessionId, user: UserName) {
+        let member = self.member_key(id);
+        let claim = self.broker.claim_session(&user, &member, 0);
+        ctx.spawn(claim.into_actor(self).map(move |claimed, act, _| {
+            if let Err(error) = claimed {
+                tracing::warn!(%user, %error, "claim of a session registering again not confirmed");
+            }
+            if !act.sessions.contains_key(&id) {
+                // It left while the claim was in flight.
+                act.broker.release_session(&user, &member);
+            }
+        }));
     }
 }
 

@@ -202,14 +202,19 @@ impl ServerBuilder {
         let registry_metrics = metrics.clone();
         let build: Box<dyn FnOnce() -> BuildRegistry + Send> = Box::new(move || {
             Box::new(move |broker, death| {
-                Registry::new(broker, registry_config.sweep_interval, death)
-                    .with_limits(RegistryLimits {
-                        max_sessions_per_user: registry_config.limits.max_sessions_per_user,
-                        max_rooms_per_session: registry_config.limits.max_rooms_per_session,
-                        max_frame: registry_config.max_frame,
-                    })
-                    .with_metrics(registry_metrics.clone())
-                    .with_presence_events(registry_config.presence_events.clone())
+                Registry::new(
+                    broker,
+                    registry_config.sweep_interval,
+                    registry_config.dead_after(),
+                    death,
+                )
+                .with_limits(RegistryLimits {
+                    max_sessions_per_user: registry_config.limits.max_sessions_per_user,
+                    max_rooms_per_session: registry_config.limits.max_rooms_per_session,
+                    max_frame: registry_config.max_frame,
+                })
+                .with_metrics(registry_metrics.clone())
+                .with_presence_events(registry_config.presence_events.clone())
             })
         });
         let intensity = Intensity {

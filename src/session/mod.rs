@@ -442,9 +442,14 @@ impl Session {
         if generation == self.registry_generation && self.registry_lost.is_none() {
             return;
         }
+        let replaced = generation != self.registry_generation;
         self.registry = self.shared.slot.current();
         self.registry_generation = generation;
         if self.unregistered {
+            if replaced {
+                // The goodbye may have died with the registry it went to.
+                self.registry.do_send(self.disconnect_message());
+            }
             return;
         }
         let rejoin = registry::Rejoin {
@@ -488,12 +493,25 @@ impl Session {
         }
     }
 
-    /// Leaves the registry (rooms, presence, user index), once.
+    /// Leaves the registry (rooms, presence, user index), once: the registry running now,
+    /// which may have replaced the one this session knew.
     fn unregister(&mut self) {
         if !self.unregistered {
             self.unregistered = true;
-            // At most once per session lifetime: `do_send` cannot pile up here.
-            self.registry.do_send(registry::Disconnect { id: self.id });
+            // Once, and once more per registry restart (bounded): `do_send` cannot pile up.
+            self.shared
+                .slot
+                .current()
+                .do_send(self.disconnect_message());
+        }
+    }
+
+    fn disconnect_message(&self) -> registry::Disconnect {
+        registry::Disconnect {
+            id: self.id,
+            user: self.user.clone(),
+            member: self.wire_id.clone(),
+            rooms: self.rooms.keys().cloned().collect(),
         }
     }
 

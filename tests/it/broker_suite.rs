@@ -61,14 +61,30 @@ impl Env {
     }
 
     async fn broker(&self, node: &str) -> Rc<dyn Broker> {
+        self.broker_with(node, |_| {}).await
+    }
+
+    /// A node's broker whose Redis settings `tune` adjusts.
+    async fn broker_with(
+        &self,
+        node: &str,
+        tune: impl FnOnce(&mut BrokerConfig),
+    ) -> Rc<dyn Broker> {
         match self.backend {
-            Backend::Memory => Rc::new(MemoryBroker::new(self.limits)),
+            Backend::Memory => {
+                let _ = (node, tune);
+                Rc::new(MemoryBroker::new(self.limits))
+            }
             #[cfg(feature = "redis")]
-            Backend::Redis => Rc::new(
-                heartwire::testing::redis_broker(&self.broker_config(), self.limits, node)
-                    .await
-                    .expect("broker connects"),
-            ),
+            Backend::Redis => {
+                let mut config = self.broker_config();
+                tune(&mut config);
+                Rc::new(
+                    heartwire::testing::redis_broker(&config, self.limits, node)
+                        .await
+                        .expect("broker connects"),
+                )
+            }
         }
     }
 }
@@ -355,6 +371,64 @@ async fn a_new_event_stream_takes_over(backend: Backend) {
     }
 }
 
+/// A registry that takes over after a crash: what the sessions of the crashed one held is kept
+/// only where a session asserts it again (it registered with the new registry); the rest
+/// belonged to sessions that ended around the crash and lapses, with its `leave`.
+async fn a_takeover_keeps_only_what_sessions_assert_again(backend: Backend) {
+    let Some(env) = Env::new(backend, limits(1)) else {
+        return;
+    };
+    let b = env
+        .broker_with("n1", |c| c.presence_ttl = Duration::from_millis(600))
+        .await;
+    let mut crashed = b.events();
+    let r = room("r");
+    b.subscribe_room(&r).await.unwrap();
+    let (gone, back) = (user("gone"), user("back"));
+    assert!(b.claim_session(&gone, "n1-1", 1).await.unwrap());
+    assert!(b.claim_session(&back, "n1-2", 1).await.unwrap());
+    b.presence_add(&r, &gone, "n1-1").await.unwrap();
+    b.presence_add(&r, &back, "n1-2").await.unwrap();
+    for joined in [&gone, &back] {
+        assert_eq!(
+            presence_event(next(&mut crashed).await),
+            ("join", joined.clone())
+        );
+    }
+    let mut events = b.events();
+    b.subscribe_room(&r).await.unwrap();
+    // `back` registers with the new registry, `gone` never does.
+    assert!(b.claim_session(&back, "n1-2", 0).await.unwrap());
+    b.presence_add(&r, &back, "n1-2").await.unwrap();
+    // What the registry does once the sessions had their time (a store whose entries expire
+    // lets them expire instead).
+    b.release_not_rejoined();
+    assert_eq!(
+        presence_event(next(&mut events).await),
+        ("leave", gone.clone())
+    );
+    assert_eq!(b.presence(&r).await.unwrap(), std::slice::from_ref(&back));
+    // (In Redis the claim expires with the presence entry, give or take a round trip.)
+    let until = Instant::now() + PATIENCE;
+    while !b.claim_session(&gone, "n1-3", 1).await.unwrap() {
+        assert!(
+            Instant::now() < until,
+            "the claim of a session that never came back did not lapse"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !b.claim_session(&back, "n1-4", 1).await.unwrap(),
+        "the claim asserted again holds"
+    );
+    quiet(&mut events, Duration::from_millis(700)).await;
+    assert_eq!(
+        b.presence(&r).await.unwrap(),
+        [back],
+        "and so does its presence"
+    );
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -386,6 +460,7 @@ suite!(
     presence_follows_users_not_sessions,
     claims_respect_the_limit,
     a_new_event_stream_takes_over,
+    a_takeover_keeps_only_what_sessions_assert_again,
 );
 
 /// Several nodes and a store that fails: Redis only.
@@ -462,6 +537,77 @@ mod nodes {
         quiet(&mut eb, Duration::from_millis(200)).await;
         b.presence_remove(&r, &alice, "b-1").await.unwrap();
         assert!(matches!(next(&mut eb).await, BrokerEvent::Left { .. }));
+    }
+
+    /// A refresh round takes round trips (here: a store that stops answering in the middle of
+    /// one); a session released meanwhile stays released: no `join` for it, and it does not
+    /// count as the user's session on any node.
+    #[actix_rt::test]
+    async fn a_refresh_never_brings_back_a_released_session() {
+        let Some(env) = Env::new(Backend::Redis, limits(1)) else {
+            return;
+        };
+        // Refreshes every 200 ms; nothing times out or probes while the store is stopped.
+        let slow = |c: &mut BrokerConfig| {
+            c.presence_ttl = Duration::from_millis(600);
+            c.command_timeout = Duration::from_secs(5);
+            c.probe_interval = Duration::from_secs(60);
+        };
+        let a = env.broker_with("a", slow).await;
+        let observer = env.broker_with("b", slow).await;
+        let mut events = a.events();
+        // More rooms than a round refreshes at once, so that some are sent only after the
+        // store answers again.
+        let rooms: Vec<RoomName> = (0..40).map(|i| room(&format!("r{i}"))).collect();
+        let x = user("x");
+        for r in &rooms {
+            a.subscribe_room(r).await.unwrap();
+            a.presence_add(r, &x, "a-1").await.unwrap();
+            assert!(matches!(
+                next(&mut events).await,
+                BrokerEvent::Joined { .. }
+            ));
+        }
+        assert!(a.claim_session(&x, "a-1", 1).await.unwrap());
+        let redis = env.redis.as_ref().unwrap();
+        redis.pause();
+        // A round starts with the session in it and waits on the store.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        a.release_session(&x, "a-1");
+        for r in &rooms {
+            actix_rt::spawn(a.presence_remove(r, &x, "a-1"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        redis.resume();
+        let no_join = |event: BrokerEvent| match event {
+            BrokerEvent::Joined { room, user } => {
+                panic!("{user} joined {room} again after leaving")
+            }
+            other => other,
+        };
+        // The removals, sent after the user-index release, are through.
+        for _ in &rooms {
+            assert!(matches!(
+                no_join(next(&mut events).await),
+                BrokerEvent::Left { .. }
+            ));
+        }
+        // Longer than the ttl a refresh would have given them back.
+        let frame = bytes::Bytes::from_static(b"{\"type\":\"message\",\"from\":null,\"data\":1}\n");
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            assert_eq!(
+                observer.send_to_others(&x, frame.clone()).await.unwrap(),
+                0,
+                "the released session counts again"
+            );
+            if let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_millis(20), events.next()).await
+            {
+                no_join(event);
+            }
+        }
+        assert!(a.claim_session(&x, "a-2", 1).await.unwrap());
     }
 
     #[actix_rt::test]

@@ -686,6 +686,21 @@ async fn a_registry_crash_on_one_node_loses_nothing() {
     shutdown(cluster).await;
 }
 
+/// A session that ended around a registry crash, its goodbye lost: its presence and its claim
+/// in the user index are released by the fresh registry (or, failing that, no longer refreshed
+/// and expire), while those of the sessions that registered again stay.
+#[actix_rt::test]
+async fn a_goodbye_lost_in_a_registry_crash_does_not_leave_the_user_behind() {
+    let Some(redis) = Redis::start(Persistence::None) else {
+        return;
+    };
+    let mut c = node_config(&redis);
+    c.limits.max_sessions_per_user = 1;
+    let node = start(c);
+    crate::supervision::a_goodbye_lost_in_a_crash_releases_the_user(&node).await;
+    node.shutdown().await;
+}
+
 /// `rediss://`: two nodes share rooms over TLS to Redis, verifying its certificate against a
 /// private CA (`broker.tls_ca`); without that CA the node refuses to start.
 #[actix_rt::test]

@@ -13,10 +13,15 @@
 //!   maintained by scripts that publish `join`/`leave` on the room's channel exactly when a
 //!   user's first session anywhere arrives or its last one leaves. Each node refreshes its own
 //!   sessions every third of `broker.presence_ttl` and sweeps expired ones, so a node that
-//!   dies silently has its users leave within the ttl (plus a third).
+//!   dies silently has its users leave within the ttl (plus a third). A refresh reads the
+//!   node's live map batch by batch and only extends entries the store still has: it never
+//!   brings back a session released while the round was under way.
 //! - **The user index** (for `max_sessions_per_user` and for `ack.delivered` across nodes) is a
 //!   sorted set of each user's sessions, refreshed the same way. A limit is exact among live
 //!   nodes; the sessions of a node that died count until they expire.
+//! - **A registry crash** ends the refresh of everything the node held: its sessions claim
+//!   and join again as they register with the new registry, and what belonged to sessions
+//!   that ended around the crash expires within the ttl.
 //! - **Direct messages and kicks** go on a per-user channel, which a node subscribes to while it
 //!   holds a session of that user; closing one session by id goes to its node's channel.
 //!
@@ -84,22 +89,26 @@ struct Scripts {
     publish: Script,
     history: Script,
     presence_add: Script,
+    presence_refresh: Script,
     presence_remove: Script,
     presence_users: Script,
     claim: Script,
+    claim_refresh: Script,
     to_user: Script,
     restart: Script,
 }
 
 impl Scripts {
-    fn all(&self) -> [&Script; 8] {
+    fn all(&self) -> [&Script; 10] {
         [
             &self.publish,
             &self.history,
             &self.presence_add,
+            &self.presence_refresh,
             &self.presence_remove,
             &self.presence_users,
             &self.claim,
+            &self.claim_refresh,
             &self.to_user,
             &self.restart,
         ]
@@ -113,6 +122,10 @@ impl Scripts {
                 include_str!("lua/presence_lib.lua"),
                 include_str!("lua/presence_add.lua")
             )),
+            presence_refresh: Script::new(concat!(
+                include_str!("lua/presence_lib.lua"),
+                include_str!("lua/presence_refresh.lua")
+            )),
             presence_remove: Script::new(concat!(
                 include_str!("lua/presence_lib.lua"),
                 include_str!("lua/presence_remove.lua")
@@ -122,6 +135,7 @@ impl Scripts {
                 include_str!("lua/presence_users.lua")
             )),
             claim: Script::new(include_str!("lua/claim.lua")),
+            claim_refresh: Script::new(include_str!("lua/claim_refresh.lua")),
             to_user: Script::new(include_str!("lua/to_user.lua")),
             restart: Script::new(include_str!("lua/restart.lua")),
         }
@@ -545,6 +559,48 @@ impl Shared {
             .map(|claimed| claimed == 1)
     }
 
+    /// Refreshes `members` in `room`'s presence where the store still has them; returns the
+    /// ones it does not.
+    async fn presence_refresh(
+        &self,
+        room: &RoomName,
+        members: &[(String, UserName)],
+    ) -> Result<Vec<String>, BrokerError> {
+        let [pz, pm, pu] = self.keys.presence(room);
+        let mut invocation = self.scripts.presence_refresh.key(pz);
+        invocation
+            .key(pm)
+            .key(pu)
+            .arg(self.settings.presence_ttl_ms())
+            .arg(self.keys.room_channel(room));
+        for (member, _) in members {
+            invocation.arg(member);
+        }
+        let mut commands = self.commands();
+        self.call(
+            StoreOp::Presence,
+            invocation.invoke_async::<Vec<String>>(&mut commands),
+        )
+        .await
+    }
+
+    /// Refreshes `members` in `user`'s index where the store still has them; returns the
+    /// ones it does not.
+    async fn claim_refresh(
+        &self,
+        user: &UserName,
+        members: &[String],
+    ) -> Result<Vec<String>, BrokerError> {
+        let mut invocation = self.scripts.claim_refresh.key(self.keys.sessions(user));
+        invocation.arg(self.settings.presence_ttl_ms()).arg(members);
+        let mut commands = self.commands();
+        self.call(
+            StoreOp::Sessions,
+            invocation.invoke_async::<Vec<String>>(&mut commands),
+        )
+        .await
+    }
+
     /// Publishes `payload` to the nodes holding sessions of `user`; returns how many of its
     /// sessions are registered on other nodes.
     async fn to_user(&self, user: &UserName, payload: Vec<u8>) -> Result<usize, BrokerError> {
@@ -641,24 +697,8 @@ async fn upkeep(shared: Rc<Shared>) {
             continue;
         }
         let removals = std::mem::take(&mut *shared.pending_removals.borrow_mut());
-        let rooms: Vec<(RoomName, Vec<(String, UserName)>)> = shared
-            .presence
-            .borrow()
-            .iter()
-            .map(|(room, members)| {
-                let members = members
-                    .iter()
-                    .map(|(m, u)| (m.clone(), u.clone()))
-                    .collect();
-                (room.clone(), members)
-            })
-            .collect();
-        let users: Vec<(UserName, Vec<String>)> = shared
-            .claims
-            .borrow()
-            .iter()
-            .map(|(user, members)| (user.clone(), members.iter().cloned().collect()))
-            .collect();
+        let rooms: Vec<RoomName> = shared.presence.borrow().keys().cloned().collect();
+        let users: Vec<UserName> = shared.claims.borrow().keys().cloned().collect();
         let shared = &shared;
         stream::iter(removals)
             .for_each_concurrent(UPKEEP_CONCURRENCY, |(room, member)| async move {
@@ -672,23 +712,107 @@ async fn upkeep(shared: Rc<Shared>) {
             })
             .await;
         stream::iter(rooms)
-            .for_each_concurrent(UPKEEP_CONCURRENCY, |(room, members)| async move {
-                for batch in members.chunks(REFRESH_BATCH) {
-                    if let Err(error) = shared.presence_add(&room, batch).await {
-                        tracing::debug!(%room, %error, "presence not refreshed");
-                    }
-                }
-            })
+            .for_each_concurrent(UPKEEP_CONCURRENCY, |room| shared.refresh_room(room))
             .await;
         stream::iter(users)
-            .for_each_concurrent(UPKEEP_CONCURRENCY, |(user, members)| async move {
-                for batch in members.chunks(REFRESH_BATCH) {
-                    if let Err(error) = shared.claim(&user, batch, 0).await {
-                        tracing::debug!(%user, %error, "user index not refreshed");
-                    }
-                }
-            })
+            .for_each_concurrent(UPKEEP_CONCURRENCY, |user| shared.refresh_user(user))
             .await;
+    }
+}
+
+/// The refresh of what the node holds. A round takes many round trips, and a session may be
+/// released meanwhile: each batch is read from the node's live maps right before it is sent,
+/// and the store only refreshes entries it still has, so a refresh never brings a released
+/// session back. An entry the store lost (it expired while the node was cut off, or the store
+/// restarted empty) is added again if the node still holds it.
+impl Shared {
+    async fn refresh_room(&self, room: RoomName) {
+        let members: Vec<String> = self
+            .presence
+            .borrow()
+            .get(&room)
+            .map(|members| members.keys().cloned().collect())
+            .unwrap_or_default();
+        for chunk in members.chunks(REFRESH_BATCH) {
+            let batch = self.present(&room, chunk);
+            if batch.is_empty() {
+                continue;
+            }
+            let lost = match self.presence_refresh(&room, &batch).await {
+                Ok(missing) => self.present(&room, &missing),
+                Err(error) => {
+                    tracing::debug!(%room, %error, "presence not refreshed");
+                    continue;
+                }
+            };
+            if lost.is_empty() {
+                continue;
+            }
+            if let Err(error) = self.presence_add(&room, &lost).await {
+                tracing::debug!(%room, %error, "presence not restored");
+            }
+        }
+    }
+
+    async fn refresh_user(&self, user: UserName) {
+        let members: Vec<String> = self
+            .claims
+            .borrow()
+            .get(&user)
+            .map(|members| members.iter().cloned().collect())
+            .unwrap_or_default();
+        for chunk in members.chunks(REFRESH_BATCH) {
+            let batch = self.held(&user, chunk);
+            if batch.is_empty() {
+                continue;
+            }
+            let lost = match self.claim_refresh(&user, &batch).await {
+                Ok(missing) => self.held(&user, &missing),
+                Err(error) => {
+                    tracing::debug!(%user, %error, "user index not refreshed");
+                    continue;
+                }
+            };
+            if lost.is_empty() {
+                continue;
+            }
+            if let Err(error) = self.claim(&user, &lost, 0).await {
+                tracing::debug!(%user, %error, "user index not restored");
+            }
+        }
+    }
+
+    /// Which of `members` are this node's sessions in `room` now, with their users.
+    fn present(&self, room: &RoomName, members: &[String]) -> Vec<(String, UserName)> {
+        let presence = self.presence.borrow();
+        let Some(here) = presence.get(room) else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .filter_map(|m| here.get(m).map(|user| (m.clone(), user.clone())))
+            .collect()
+    }
+
+    /// Which of `members` are this node's sessions of `user` now.
+    fn held(&self, user: &UserName, members: &[String]) -> Vec<String> {
+        let claims = self.claims.borrow();
+        let Some(mine) = claims.get(user) else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .filter(|m| mine.contains(*m))
+            .cloned()
+            .collect()
+    }
+
+    fn hold_claim(&self, user: UserName, member: String) {
+        self.claims
+            .borrow_mut()
+            .entry(user)
+            .or_default()
+            .insert(member);
     }
 }
 
@@ -708,11 +832,13 @@ impl Broker for RedisBroker {
         self.shared.lagging.set(false);
         if replaced {
             // A registry that crashed is replaced: its rooms and users are wanted again, and
-            // its members present again, only as its sessions register with the new one
-            // (each with its cursor, so nothing is missed meanwhile). Sessions that do not
-            // come back leave presence when their entries expire.
+            // its members present and claimed again, only as its sessions register with the
+            // new one (each with its cursor, so nothing is missed meanwhile). Sessions that do
+            // not come back (they ended around the crash, their goodbye lost with the old
+            // registry) leave presence and the user index when their entries expire.
             self.shared.subs.unwant_all_but_node();
             self.shared.presence.borrow_mut().clear();
+            self.shared.claims.borrow_mut().clear();
         }
         stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed_local()
     }
@@ -912,17 +1038,17 @@ impl Broker for RedisBroker {
         let shared = self.shared.clone();
         let user = user.clone();
         let member = member.to_owned();
+        if max == 0 {
+            // Cannot be refused (a session registering again after a crash): the node holds
+            // it from now on, and a claim the store does not take is made by the next refresh.
+            shared.hold_claim(user.clone(), member.clone());
+        }
         Box::pin(async move {
             let claimed = shared
                 .claim(&user, std::slice::from_ref(&member), max)
                 .await?;
-            if claimed {
-                shared
-                    .claims
-                    .borrow_mut()
-                    .entry(user)
-                    .or_default()
-                    .insert(member);
+            if claimed && max > 0 {
+                shared.hold_claim(user, member);
             }
             Ok(claimed)
         })
