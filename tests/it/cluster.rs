@@ -867,7 +867,7 @@ mod client {
         // Refused again and again (`unavailable`; the only errors here), and resent after a
         // delay each time.
         eventually("publishes refused", || async move {
-            errors_written(node_ref).await >= 10
+            errors_written(node_ref).await >= 6
         })
         .await;
         redis.restart();
