@@ -277,7 +277,8 @@ class Rooms {
  * Frames waiting for an answer (the rules of src/client/outgoing.rs): bounded by count,
  * written in order, at most `window` on the wire. On a lost connection publishes are kept
  * (resent: the server dedupes them by id) while written sends and requests fail with
- * `connection_lost` (not deduped: a resend could deliver twice).
+ * `connection_lost` (not deduped: a resend could deliver twice). A publish answered
+ * `unavailable` keeps its place and waits for its delay; nothing behind it is written first.
  * @private
  */
 class Outgoing {
@@ -306,19 +307,23 @@ class Outgoing {
     return entry;
   }
 
-  /** Writes what fits in the window, in order; `write` returns false to stop. */
+  /**
+   * Writes what fits in the window, in order; `write` returns false to stop. An entry that
+   * is not due yet stops it too: what is queued behind it must not overtake it.
+   */
   pump(write) {
     const t = now();
     for (const entry of this.entries.values()) {
       if (this.inFlight >= this.window) return;
-      if (entry.written || (entry.notBefore !== undefined && entry.notBefore > t)) continue;
+      if (entry.written) continue;
+      if (entry.notBefore !== undefined && entry.notBefore > t) return;
       if (!write(entry.text)) return;
       entry.written = true;
       this.inFlight += 1;
     }
   }
 
-  /** Puts a written entry back in the queue, to be written again after `delay` ms. */
+  /** Puts a written entry back in its place in the queue, to be written again after `delay` ms. */
   retryLater(entry, delay) {
     if (entry.written) this.inFlight -= 1;
     entry.written = false;
@@ -560,7 +565,9 @@ export class Heartwire extends EventTarget {
   }
 
   /**
-   * The users present in `room` (subscribed with at least one session), sorted.
+   * The users present in `room` (subscribed with at least one session), sorted. The server
+   * keeps its answer within `max_frame`: in a crowded room it lists only the first users that
+   * fit, with `truncated: true` (`request({type: 'presence', room})` shows the whole answer).
    * @param {string} room
    * @param {{timeout?: number}} [options]
    * @returns {Promise<string[]>}

@@ -19,10 +19,13 @@
 //! A request whose caller stopped waiting (timed out) is dropped instead of being sent late.
 //!
 //! A publish the server answers with `error{code:"unavailable"}` (its message store could not
-//! be reached; nothing was sequenced) is not failed either: it goes to the back of the queue
+//! be reached; nothing was sequenced) is not failed either: it keeps its place in the queue
 //! and is written again after a delay ([`Outgoing::defer`]), with the same id, so that it is
-//! sequenced once when the store is back. Everything queued behind it waits with it, which
-//! keeps a client's publishes in order.
+//! sequenced once when the store is back. Nothing queued behind it is written before it (the
+//! pump stops at the first entry that is not due yet), and a reconnect resends in queue order,
+//! which keeps a client's publishes in order. Only a publish that was already on the wire
+//! behind it is beyond reach: if the store came back between the two, the server sequenced
+//! that one first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -77,6 +80,8 @@ struct Entry {
     kind: Kind,
     line: Bytes,
     reply: Option<ReplySender>,
+    /// Written on the current connection and not answered yet.
+    written: bool,
     /// Not to be written before this (a publish the server could not take yet).
     not_before: Option<Instant>,
 }
@@ -87,7 +92,8 @@ pub struct Outgoing {
     entries: BTreeMap<u64, Entry>,
     by_id: HashMap<String, u64>,
     next_key: u64,
-    /// Entries with keys below this were written on the current connection.
+    /// Entries with keys below this are written (on the current connection) or gone: where
+    /// the pump starts looking.
     cursor: u64,
     in_flight: usize,
     capacity: usize,
@@ -147,34 +153,32 @@ impl Outgoing {
                 kind,
                 line,
                 reply,
+                written: false,
                 not_before: None,
             },
         );
         Ok(())
     }
 
-    /// The publish with `id` could not be taken by the server now: it goes to the back of the
-    /// queue, to be written again at `until` (nothing behind it is written earlier). Returns
-    /// `false` when no publish with that id is waiting.
+    /// The publish with `id` could not be taken by the server now: it keeps its place in the
+    /// queue, to be written again at `until`, and nothing behind it that is not on the wire yet
+    /// is written before it. Returns `false` when no publish with that id is waiting.
     pub fn defer(&mut self, id: &str, until: Instant) -> bool {
         let Some(key) = self.by_id.get(id).copied() else {
             return false;
         };
-        if self
-            .entries
-            .get(&key)
-            .is_none_or(|e| e.kind != Kind::Publish)
-        {
-            return false;
-        }
-        let Some(mut entry) = self.remove(key) else {
+        let Some(entry) = self.entries.get_mut(&key) else {
             return false;
         };
+        if entry.kind != Kind::Publish {
+            return false;
+        }
+        if entry.written {
+            entry.written = false;
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
         entry.not_before = Some(until);
-        let key = self.next_key;
-        self.next_key += 1;
-        self.by_id.insert(entry.id.clone(), key);
-        self.entries.insert(key, entry);
+        self.cursor = self.cursor.min(key);
         true
     }
 
@@ -196,40 +200,46 @@ impl Outgoing {
     fn remove(&mut self, key: u64) -> Option<Entry> {
         let entry = self.entries.remove(&key)?;
         self.by_id.remove(&entry.id);
-        if key < self.cursor {
+        if entry.written {
             self.in_flight = self.in_flight.saturating_sub(1);
         }
         Some(entry)
     }
 
-    /// The frames to write now, in order, within the window; `write` returns `false` when the
-    /// connection refuses more (it is closing), which stops the pump.
-    pub fn pump(&mut self, mut write: impl FnMut(&Bytes) -> bool) {
+    /// The frames to write now, in queue order, within the window; `write` returns `false`
+    /// when the connection refuses more (it is closing), which stops the pump. An entry that
+    /// is not due yet stops it too: what is queued behind it must not overtake it.
+    pub fn pump(&mut self, write: impl FnMut(&Bytes) -> bool) {
+        self.pump_at(Instant::now(), write);
+    }
+
+    /// [`Outgoing::pump`] at `now`.
+    fn pump_at(&mut self, now: Instant, mut write: impl FnMut(&Bytes) -> bool) {
         let mut abandoned = Vec::new();
-        let mut next = self.cursor;
-        let now = Instant::now();
-        for (key, entry) in self.entries.range(self.cursor..) {
-            if self.in_flight >= self.window || entry.not_before.is_some_and(|at| at > now) {
-                break;
+        // The first key not known to be written: the cursor moves up to it.
+        let mut first_unwritten = None;
+        for (key, entry) in self.entries.range_mut(self.cursor..) {
+            if entry.written {
+                continue;
             }
             if entry.kind == Kind::Request && entry.reply.as_ref().is_none_or(|r| r.is_closed()) {
                 abandoned.push(*key);
-                next = key + 1;
                 continue;
             }
-            if !write(&entry.line) {
+            let due = entry.not_before.is_none_or(|at| at <= now);
+            if !due || self.in_flight >= self.window || !write(&entry.line) {
+                first_unwritten = Some(*key);
                 break;
             }
+            entry.written = true;
+            entry.not_before = None;
             self.in_flight += 1;
-            next = key + 1;
         }
-        // Abandoned entries were never written: remove them while they are still above the
-        // cursor, so they do not count as in flight.
+        // Abandoned entries were never written: they do not count as in flight.
         for key in abandoned {
             self.remove(key);
         }
-        // Everything below `next` is written or gone.
-        self.cursor = next.max(self.cursor);
+        self.cursor = first_unwritten.unwrap_or(self.next_key);
     }
 
     /// An answer arrived; resolves the entry with `id`. Returns `false` if none was waiting.
@@ -275,8 +285,8 @@ impl Outgoing {
     pub fn connection_lost(&mut self) {
         let written: Vec<u64> = self
             .entries
-            .range(..self.cursor)
-            .filter(|(_, e)| e.kind != Kind::Publish)
+            .iter()
+            .filter(|(_, e)| e.written && e.kind != Kind::Publish)
             .map(|(k, _)| *k)
             .collect();
         for key in written {
@@ -286,8 +296,10 @@ impl Outgoing {
                 }
             }
         }
-        // A new connection starts afresh: a deferral's timer belonged to this one.
+        // A new connection starts afresh, in queue order: a deferral's timer belonged to this
+        // one.
         for entry in self.entries.values_mut() {
+            entry.written = false;
             entry.not_before = None;
         }
         self.cursor = 0;
@@ -309,6 +321,8 @@ impl Outgoing {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn line(s: &str) -> Bytes {
@@ -316,12 +330,26 @@ mod tests {
     }
 
     fn written(out: &mut Outgoing) -> Vec<String> {
+        written_at(out, Instant::now())
+    }
+
+    fn written_at(out: &mut Outgoing, now: Instant) -> Vec<String> {
         let mut w = Vec::new();
-        out.pump(|b| {
+        out.pump_at(now, |b| {
             w.push(String::from_utf8_lossy(&b[..b.len() - 1]).into_owned());
             true
         });
         w
+    }
+
+    /// Much later than any deferral the tests make: every deferral is due.
+    fn much_later() -> Instant {
+        Instant::now() + Duration::from_secs(7200)
+    }
+
+    /// A deferral that is not due before [`much_later`].
+    fn deferral() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
     }
 
     fn ack(id: &str) -> Ack {
@@ -371,9 +399,8 @@ mod tests {
             .unwrap();
         out.push("s1".into(), Kind::Send, line("s1"), None).unwrap();
         assert_eq!(written(&mut out), ["p1", "s1"]);
-        let later = Instant::now() + std::time::Duration::from_millis(50);
-        assert!(out.defer("p1", later));
-        assert!(!out.defer("s1", later), "only publishes are deduped");
+        assert!(out.defer("p1", deferral()));
+        assert!(!out.defer("s1", deferral()), "only publishes are deduped");
         out.push("p2".into(), Kind::Publish, line("p2"), None)
             .unwrap();
         assert_eq!(
@@ -382,9 +409,73 @@ mod tests {
             "p2 waits behind p1"
         );
         assert_eq!(out.in_flight(), 1);
-        std::thread::sleep(std::time::Duration::from_millis(60));
-        assert_eq!(written(&mut out), ["p1", "p2"]);
+        assert_eq!(written_at(&mut out, much_later()), ["p1", "p2"]);
         assert_eq!(out.len(), 3);
+    }
+
+    /// Window 2, p1 to p4 queued, p1 and p2 answered `unavailable`: the wire order once the
+    /// store is back is still p1, p2, p3, p4.
+    #[test]
+    fn deferred_publishes_keep_their_order() {
+        let mut out = Outgoing::new(10, 2);
+        for id in ["p1", "p2", "p3", "p4"] {
+            out.push(id.into(), Kind::Publish, line(id), None).unwrap();
+        }
+        let mut wire = written(&mut out);
+        assert_eq!(wire, ["p1", "p2"]);
+        assert!(out.defer("p1", deferral()));
+        assert_eq!(written(&mut out), Vec::<String>::new(), "p3 waits for p1");
+        assert!(out.defer("p2", deferral()));
+        assert_eq!(out.in_flight(), 0);
+        assert_eq!(written(&mut out), Vec::<String>::new(), "p3 waits for p1");
+        let later = much_later();
+        loop {
+            let batch = written_at(&mut out, later);
+            if batch.is_empty() {
+                break;
+            }
+            for id in &batch {
+                assert!(out.ack(&ack(id), serde_json::Value::Null));
+            }
+            wire.extend(batch);
+        }
+        assert_eq!(wire, ["p1", "p2", "p1", "p2", "p3", "p4"]);
+        assert_eq!(out.len(), 0);
+    }
+
+    /// A deferred publish ahead of one still on the wire: what is queued behind both waits for
+    /// the deferred one, and the window still counts the one on the wire.
+    #[test]
+    fn a_deferral_holds_back_only_what_is_not_written() {
+        let mut out = Outgoing::new(10, 3);
+        for id in ["p1", "p2", "p3", "p4"] {
+            out.push(id.into(), Kind::Publish, line(id), None).unwrap();
+        }
+        assert_eq!(written(&mut out), ["p1", "p2", "p3"]);
+        assert!(out.defer("p1", deferral()));
+        assert_eq!(written(&mut out), Vec::<String>::new(), "p4 waits for p1");
+        assert!(out.ack(&ack("p2"), serde_json::Value::Null));
+        assert_eq!(written(&mut out), Vec::<String>::new(), "p4 waits for p1");
+        assert_eq!(written_at(&mut out, much_later()), ["p1", "p4"]);
+        assert_eq!(out.in_flight(), 3);
+    }
+
+    /// A reconnect resends in queue order, deferred or not.
+    #[test]
+    fn a_reconnect_resends_deferred_publishes_in_their_place() {
+        let mut out = Outgoing::new(10, 2);
+        for id in ["p1", "p2", "p3", "p4"] {
+            out.push(id.into(), Kind::Publish, line(id), None).unwrap();
+        }
+        assert_eq!(written(&mut out), ["p1", "p2"]);
+        assert!(out.defer("p1", deferral()));
+        out.connection_lost();
+        assert_eq!(written(&mut out), ["p1", "p2"]);
+        assert!(out.defer("p2", deferral()));
+        assert!(out.ack(&ack("p1"), serde_json::Value::Null));
+        assert_eq!(written(&mut out), Vec::<String>::new(), "p3 waits for p2");
+        out.connection_lost();
+        assert_eq!(written(&mut out), ["p2", "p3"]);
     }
 
     #[test]

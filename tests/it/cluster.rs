@@ -845,6 +845,62 @@ mod client {
         shutdown(cluster).await;
     }
 
+    /// How many `error` frames the node wrote (calls made while its store is down fail
+    /// without counting as store errors).
+    async fn errors_written(node: &ServerHandle) -> u64 {
+        let metrics = node.render_metrics().await.unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("heartwire_frames_out_total{type=\"error\"} "))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    }
+
+    /// Publishes made while the store is down are answered `unavailable` and resent by the
+    /// library; with two of them on the wire and the rest queued behind, they are still
+    /// sequenced in the order they were made once the store is back.
+    #[actix_rt::test]
+    async fn publishes_refused_while_the_store_is_down_keep_their_order() {
+        let Some(mut redis) = Redis::start(Persistence::None) else {
+            return;
+        };
+        let node = start(node_config(&redis));
+        let mut config = client_config(node.local_addr(), "pub");
+        config.max_in_flight = 2;
+        let (publisher, mut events) = Lib::start(config);
+        connected(&mut events).await;
+        redis.kill();
+        let node_ref = &node;
+        eventually("the node notices its store is gone", || async move {
+            !node_ref.overview().await.unwrap().store_healthy
+        })
+        .await;
+        let mut pending = Vec::new();
+        for n in 0..8 {
+            let p = publisher.publish_queued("o", &json!(n), None).await;
+            pending.push(p.unwrap());
+        }
+        // Refused again and again (`unavailable`; the only errors here), and resent after a
+        // delay each time.
+        eventually("publishes refused", || async move {
+            errors_written(node_ref).await >= 6
+        })
+        .await;
+        redis.restart();
+        let mut seqs = Vec::new();
+        for p in pending {
+            let reply = tokio::time::timeout(Duration::from_secs(30), p)
+                .await
+                .expect("every publish is acked in the end")
+                .expect("acked");
+            seqs.push(reply.seq);
+        }
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "sequenced out of order: {seqs:?}"
+        );
+        node.shutdown().await;
+    }
+
     /// Redis killed (`kill -9`) in the middle of the traffic and started again a second
     /// later, from its append-only file.
     #[actix_rt::test]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::common::{config, start, Client};
 use heartwire::Config;
-use serde_json::json;
+use serde_json::{json, Value};
 
 async fn subscribe(c: &mut Client, room: &str) {
     c.send(json!({"type": "subscribe", "room": room})).await;
@@ -55,6 +55,87 @@ async fn presence_lists_the_users_of_a_room() {
     let mut anon = Client::connect(addr).await;
     anon.send(json!({"type": "presence", "room": "room"})).await;
     assert_eq!(anon.recv().await["code"], "not_ready");
+}
+
+/// A crowded room whose answer would not fit in `max_frame` (nor in the asker's outbound
+/// budget, which would close it as a slow consumer): the answer stays within `max_frame`,
+/// lists the first users (sorted) that fit and says `truncated`, and the asker stays
+/// connected. The application's view (behind the HTTP API) stays complete.
+#[actix_rt::test]
+async fn a_presence_answer_longer_than_max_frame_is_truncated() {
+    let server = start(Config {
+        max_frame: 1024,
+        outbound_budget: 4096,
+        ..config()
+    });
+    let addr = server.local_addr();
+    let names: Vec<String> = (0..40)
+        .map(|i| format!("{i:02}{}", "u".repeat(101)))
+        .collect();
+    let mut members = Vec::new();
+    for name in &names {
+        let (mut c, _) = Client::hello(addr, name).await;
+        subscribe(&mut c, "crowd").await;
+        members.push(c);
+    }
+    let (mut asker, welcome) = Client::hello(addr, "asker").await;
+    let max_frame = welcome["max_frame"].as_u64().unwrap() as usize;
+    asker
+        .send(json!({"type": "presence", "room": "crowd", "id": "q"}))
+        .await;
+    let line = loop {
+        let line = asker.recv_raw_line().await;
+        let frame: Value = serde_json::from_str(&line).unwrap();
+        if frame["type"] != "ping" {
+            break line;
+        }
+    };
+    let frame = line.trim_end_matches('\n');
+    assert!(
+        frame.len() <= max_frame,
+        "a {} byte frame, over max_frame ({max_frame}): {frame}",
+        frame.len()
+    );
+    let answer: Value = serde_json::from_str(frame).unwrap();
+    assert_eq!(
+        (
+            &answer["type"],
+            &answer["room"],
+            &answer["truncated"],
+            &answer["id"]
+        ),
+        (
+            &json!("presence"),
+            &json!("crowd"),
+            &json!(true),
+            &json!("q")
+        ),
+        "{answer}"
+    );
+    let users: Vec<String> = serde_json::from_value(answer["users"].clone()).unwrap();
+    assert!(
+        !users.is_empty() && users.len() < names.len(),
+        "{} users",
+        users.len()
+    );
+    assert_eq!(users, names[..users.len()], "the first users, sorted");
+
+    // Still connected and served.
+    asker
+        .send(json!({"type": "presence", "room": "empty"}))
+        .await;
+    assert_eq!(
+        asker.recv_non_ping().await,
+        json!({"type": "presence", "room": "empty", "users": []})
+    );
+    let everyone: Vec<String> = server
+        .presence("crowd")
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().to_owned())
+        .collect();
+    assert_eq!(everyone, names);
 }
 
 #[actix_rt::test]

@@ -62,6 +62,28 @@ test('error{code: "unavailable"} on a publish: the same frame is sent again late
   hw.close();
 });
 
+test('publishes answered `unavailable` keep their place: nothing queued behind them goes first', { timeout: 30000 }, async () => {
+  const hw = new Heartwire(server.url, { user: 'u', maxInFlight: 2, backoff: { initial: 50 } });
+  new Recorder(hw);
+  const peer = await server.accept();
+  await peer.handshake();
+  const acks = ['p1', 'p2', 'p3', 'p4'].map((id) => hw.publish('r', id, { id }));
+  assert.equal((await peer.next('publish')).id, 'p1');
+  assert.equal((await peer.next('publish')).id, 'p2');
+  peer.send({ type: 'error', code: 'unavailable', message: 'message store unavailable', id: 'p1' });
+  peer.send({ type: 'error', code: 'unavailable', message: 'message store unavailable', id: 'p2' });
+  // The store is back: each publish is acked as it comes, and they come in their order.
+  const order = [];
+  for (let seq = 1; seq <= 4; seq++) {
+    const p = await peer.next('publish');
+    order.push(p.id);
+    peer.send({ type: 'ack', id: p.id, seq });
+  }
+  assert.deepEqual(order, ['p1', 'p2', 'p3', 'p4']);
+  assert.deepEqual((await Promise.all(acks)).map((a) => a.id), ['p1', 'p2', 'p3', 'p4']);
+  hw.close();
+});
+
 test('at most maxInFlight frames wait on the wire for their answers', { timeout: 30000 }, async () => {
   const hw = new Heartwire(server.url, { user: 'u', maxInFlight: 4 });
   new Recorder(hw);
