@@ -373,19 +373,6 @@ async fn the_client_resubscribes_on_resync_and_reports_the_gap() {
     );
 }
 
-/// An application message whose handler holds the registry's thread.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Stall(Duration);
-
-impl Handler<Stall> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, stall: Stall, _: &mut Context<Self>) {
-        std::thread::sleep(stall.0);
-    }
-}
-
 /// A publish that a crash catches in flight is answered with its `id` (an `ack`, or
 /// `error{code:"internal"}` that the client may resend with the same id).
 #[actix_rt::test]
