@@ -480,6 +480,20 @@ pub(crate) fn message_len(
     count.0 + 1
 }
 
+/// Encodes a small frame (a ping, a pong) as one line on the stack and hands it to `f`: a
+/// frame written at once never touches the heap. Larger ones are encoded with
+/// [`encode_line`].
+pub(crate) fn with_line<T: Serialize + ?Sized, R>(value: &T, f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..63]);
+    if serde_json::to_writer(&mut cursor, value).is_ok() {
+        let len = cursor.position() as usize;
+        buf[len] = b'\n';
+        return f(&buf[..=len]);
+    }
+    f(&encode_line(value))
+}
+
 /// Serialises any value as one JSON line, newline included; for application frames.
 pub fn encode_line<T: Serialize + ?Sized>(value: &T) -> Bytes {
     let mut buf = Vec::with_capacity(64);
