@@ -865,4 +865,161 @@ mod tests {
             WriterExit::TimedOut(ByeReason::SlowConsumer)
         ));
     }
+
+    /// A connected socket pair: the server end's write half, the client end.
+    async fn tcp_pair() -> (
+        tokio::net::tcp::OwnedReadHalf,
+        OwnedWriteHalf,
+        tokio::net::TcpStream,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (read, write) = accepted.unwrap().0.into_split();
+        (read, write, client.unwrap())
+    }
+
+    /// A direct outbox on the current arbiter's worker, and what it tells its owner.
+    async fn direct(
+        budget: usize,
+    ) -> (
+        Arc<Outbox>,
+        Arc<Metrics>,
+        std::sync::mpsc::Receiver<OutboxEvent>,
+        tokio::net::tcp::OwnedReadHalf,
+        tokio::net::TcpStream,
+    ) {
+        let (read, write, client) = tcp_pair().await;
+        let worker = Worker::new(actix_rt::Arbiter::current());
+        worker.enter();
+        let (tx, events) = std::sync::mpsc::channel();
+        let metrics = Arc::new(Metrics::new());
+        let on_event: OnEvent = Box::new(move |e| {
+            let _ = tx.send(e);
+        });
+        let outbox = Outbox::direct(budget, metrics.clone(), on_event, write, worker);
+        (outbox, metrics, events, read, client)
+    }
+
+    async fn read_until(client: &mut tokio::net::TcpStream, want: &str) -> String {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !got.ends_with(want.as_bytes()) {
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, client.read(&mut buf))
+                .await
+                .expect("timed out reading")
+                .unwrap();
+            assert!(n > 0, "eof after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn direct_writes_at_once_in_order_then_bye_then_eof() {
+        let (outbox, metrics, events, _read, mut client) = direct(1024).await;
+        assert!(outbox.push(Bytes::from_static(b"{\"type\":\"ping\",\"seq\":1}\n")));
+        // Written before push returned: nothing queued, no writer involved.
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert!(outbox.push_slice(b"{\"type\":\"pong\",\"seq\":7}\n"));
+        assert_eq!(
+            read_until(&mut client, "\"seq\":7}\n").await,
+            "{\"type\":\"ping\",\"seq\":1}\n{\"type\":\"pong\",\"seq\":7}\n"
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains("heartwire_frames_out_total{type=\"ping\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("heartwire_frames_out_total{type=\"pong\"} 1\n"),
+            "{text}"
+        );
+        assert!(events.try_recv().is_err());
+
+        assert!(outbox.close(ByeReason::Normal, Some(5)));
+        assert!(!outbox.push(Bytes::from_static(b"late\n")));
+        assert_eq!(events.try_recv(), Ok(OutboxEvent::CloseBegan));
+        let flushed = outbox.clone().flush(Duration::from_secs(5)).await;
+        assert!(matches!(
+            flushed,
+            Flushed::Exit(WriterExit::Closed(ByeReason::Normal))
+        ));
+        let mut rest = String::new();
+        client.read_to_string(&mut rest).await.unwrap();
+        assert_eq!(
+            rest,
+            "{\"type\":\"bye\",\"reason\":\"normal\",\"reconnect_ms\":5}\n"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn pushes_from_other_threads_are_written_by_the_worker() {
+        let (outbox, _metrics, events, _read, mut client) = direct(1024).await;
+        // From a plain thread: handed to the worker at once.
+        let o = outbox.clone();
+        std::thread::spawn(move || assert!(o.push(Bytes::from_static(b"a\n"))))
+            .join()
+            .unwrap();
+        // From another arbiter (the registry's case): queued, then one hand-off for the turn.
+        let (o, done) = (outbox.clone(), tokio::sync::oneshot::channel());
+        let arbiter = actix_rt::Arbiter::new();
+        arbiter.spawn(async move {
+            assert!(o.push(Bytes::from_static(b"b\n")));
+            assert!(o.push(Bytes::from_static(b"c\n")));
+            let _ = done.0.send(o.queued_bytes());
+        });
+        // Nothing was written on the pushing thread.
+        assert_eq!(done.1.await.unwrap(), 4);
+        assert_eq!(read_until(&mut client, "c\n").await, "a\nb\nc\n");
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert!(events.try_recv().is_err(), "no flush future was needed");
+        arbiter.stop();
+    }
+
+    #[actix_rt::test]
+    async fn direct_non_reading_peer_is_bounded_and_cut_off() {
+        let budget = 64 * 1024;
+        let (outbox, _metrics, events, _read, _client) = direct(budget).await;
+        let line = [&[b'x'; 1023][..], b"\n"].concat();
+        let mut pushed = 0;
+        while outbox.push_slice(&line) {
+            pushed += 1;
+            assert!(outbox.queued_bytes() <= budget);
+            assert!(pushed < 100_000, "the budget never ran out");
+        }
+        // The socket took what the kernel buffers hold; then the outbox filled up.
+        assert_eq!(events.try_recv(), Ok(OutboxEvent::Blocked));
+        assert_eq!(events.try_recv(), Ok(OutboxEvent::CloseBegan));
+        assert_eq!(outbox.closing(), Some(ByeReason::SlowConsumer));
+        let flushed = outbox.clone().flush(Duration::from_millis(300)).await;
+        assert!(matches!(
+            flushed,
+            Flushed::Exit(WriterExit::TimedOut(ByeReason::SlowConsumer))
+        ));
+    }
+
+    #[actix_rt::test]
+    async fn a_blocked_flush_goes_idle_once_the_peer_reads() {
+        let (outbox, _metrics, events, _read, mut client) = direct(1 << 20).await;
+        let line = [&vec![b'y'; 4095][..], b"\n"].concat();
+        while events.try_recv().is_err() {
+            assert!(outbox.push_slice(&line));
+        }
+        let queued = outbox.queued_bytes();
+        assert!(queued > 0);
+        // Pushes while blocked only queue; the flush writes them in order.
+        assert!(outbox.push_slice(b"last\n"));
+        let reader = tokio::spawn(async move { read_until(&mut client, "last\n").await.len() });
+        assert!(matches!(
+            outbox.clone().flush(Duration::from_secs(5)).await,
+            Flushed::Idle
+        ));
+        assert_eq!(outbox.queued_bytes(), 0);
+        reader.await.unwrap();
+        // Direct writes resume.
+        assert!(outbox.push_slice(b"again\n"));
+        assert_eq!(outbox.queued_bytes(), 0);
+    }
 }

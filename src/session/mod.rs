@@ -91,6 +91,8 @@ pub(crate) struct SessionShared {
     /// Prefix of the session ids this process hands out, random per start.
     node: String,
     next_id: AtomicU64,
+    /// Where the heartbeat tick grid starts.
+    epoch: Instant,
 }
 
 impl SessionShared {
@@ -115,7 +117,33 @@ impl SessionShared {
             metrics,
             node: format!("{:06x}", fastrand::u32(..0x100_0000)),
             next_id: AtomicU64::new(1),
+            epoch: Instant::now(),
         })
+    }
+
+    /// The first instant at or after `at` on the heartbeat tick grid of `interval`: slots of
+    /// [`TICK_GRID`] (or of the largest divisor of it that divides `interval`, so that every
+    /// later tick stays on the grid too). Timers that fall in one slot fire in one wake-up of
+    /// their worker instead of one each; with a 1 s heartbeat a session's pings still spread
+    /// over 100 slots.
+    fn on_tick_grid(&self, at: Instant, interval: Duration) -> tokio::time::Instant {
+        let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        let grid_ms = gcd(interval_ms, TICK_GRID.as_millis() as u64).max(1);
+        let since = u64::try_from(at.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX / 2);
+        let on_grid = self.epoch + Duration::from_millis(since.div_ceil(grid_ms) * grid_ms);
+        tokio::time::Instant::from_std(on_grid)
+    }
+}
+
+/// The heartbeat tick grid (see [`SessionShared::on_tick_grid`]).
+const TICK_GRID: Duration = Duration::from_millis(10);
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -900,16 +928,17 @@ impl Session {
     }
 
     /// Pings every `interval` from a random first tick, so that connections accepted together
-    /// do not ping together.
+    /// do not ping together. The first tick falls on the server's tick grid, and so do all
+    /// the others: a worker wakes once for every session whose tick falls in the same slot.
     fn start_heartbeat(&mut self, interval: Duration, ctx: &mut Context<Self>) {
-        let heartbeat = Heartbeat::new(interval, self.shared.config.max_missed, Instant::now());
+        let now = Instant::now();
+        let heartbeat = Heartbeat::new(interval, self.shared.config.max_missed, now);
         self.gauge.alive(heartbeat.dead_by());
         self.heartbeat = Some(heartbeat);
-        let first = interval.mul_f64(fastrand::f64());
-        ctx.run_later(first, move |act, ctx| {
-            act.on_tick(ctx);
-            ctx.run_interval(interval, |act, ctx| act.on_tick(ctx));
-        });
+        let first = self
+            .shared
+            .on_tick_grid(now + interval.mul_f64(fastrand::f64()), interval);
+        ctx.run_interval_at(first, interval, |act, ctx| act.on_tick(ctx));
     }
 
     fn on_tick(&mut self, ctx: &mut Context<Self>) {
