@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::AuthConfig;
+use crate::broker::BrokerConfig;
 use crate::hooks::HooksConfig;
 use crate::limits::LimitsConfig;
 use crate::tls::TlsConfig;
@@ -79,6 +80,10 @@ pub struct Config {
     pub shutdown_reconnect: Duration,
     /// Listen backlog.
     pub backlog: u32,
+    /// Sets `SO_REUSEPORT` on the listener, so that several heartwire processes (nodes of one
+    /// cluster, see `[broker]`) can listen on the same port and the kernel spreads new
+    /// connections over them.
+    pub reuse_port: bool,
     /// TCP keep-alive and `TCP_USER_TIMEOUT` settings; derived from the heartbeat when unset.
     pub tcp: TcpConfig,
     /// Name reported in `welcome.server`.
@@ -91,6 +96,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Application hooks: their timeout, their failure answer, and HTTP hook URLs.
     pub hooks: HooksConfig,
+    /// The store shared with other nodes (in memory, for one node, unless `broker.url` is
+    /// set).
+    pub broker: BrokerConfig,
     /// The HTTP API (off unless `http.listen` is set).
     #[cfg(feature = "http")]
     pub http: crate::http::HttpConfig,
@@ -157,12 +165,14 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             shutdown_reconnect: Duration::from_secs(1),
             backlog: 4096,
+            reuse_port: false,
             tcp: TcpConfig::default(),
             server_name: concat!("heartwire/", env!("CARGO_PKG_VERSION")).to_owned(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             hooks: HooksConfig::default(),
+            broker: BrokerConfig::default(),
             #[cfg(feature = "http")]
             http: crate::http::HttpConfig::default(),
             #[cfg(feature = "ws")]
@@ -285,6 +295,7 @@ impl Config {
         }
         self.limits.validate()?;
         self.hooks.validate()?;
+        self.broker.validate()?;
         if self.presence_events.iter().any(|p| p.len() > 256) {
             return Err(invalid(
                 "presence_events",

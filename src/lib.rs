@@ -24,7 +24,7 @@
 //! | [`Session`], [`FrameHandler`], [`AppFrame`] | the per-connection actor and the extension point for new frame types |
 //! | [`hooks`] | the application decides who connects, subscribes, publishes and sends (in code, or over HTTP with `hooks-http`) |
 //! | [`Registry`] | the actor that tracks users and rooms and fans out; applications may add `Handler<M> for Registry` |
-//! | [`broker`] | the seam where a room's sequence, history and dedupe live ([`MemoryBroker`]) |
+//! | [`broker`] | the seam where a room's sequence, history, dedupe and presence live ([`MemoryBroker`]; `RedisBroker` with feature `redis`, for several nodes) |
 //! | [`names`] | room, user and id names, validated once against the configured limits |
 //! | [`protocol`] | the frame types a handler sends ([`ErrorCode`], [`ByeReason`], [`encode_line`](protocol::encode_line)) |
 //! | `http` (feature `http`) | the HTTP API, standalone or mounted in an actix-web app |
@@ -37,7 +37,8 @@
 //! application embedding only the server takes `default-features = false` and adds what it
 //! needs: `http` (actix-web HTTP API), `ws` (WebSocket listener, actix-ws), `tls` (rustls),
 //! `jwt` (token authentication), `client` (the client actor), `hooks-http` (hooks that call
-//! the application's backend over HTTP, with actix's `awc` client).
+//! the application's backend over HTTP, with actix's `awc` client), `redis` (several nodes
+//! sharing rooms through Redis: `broker.url`).
 #![deny(missing_docs)]
 
 mod auth;
@@ -66,7 +67,7 @@ pub mod ws;
 #[cfg(feature = "jwt")]
 pub use auth::{mint_claims, mint_token, Claims};
 pub use auth::{AuthConfig, SendPolicy};
-pub use broker::MemoryBroker;
+pub use broker::{BrokerConfig, MemoryBroker};
 pub use config::{Config, ConfigError, TcpConfig};
 pub use limits::LimitsConfig;
 pub use names::{FrameId, NameError, RoomName, UserName};

@@ -188,6 +188,22 @@ label_enum!(
     }
 );
 
+#[cfg(feature = "redis")]
+label_enum!(
+    /// `op` of [`Metrics::store_error`]: what the node asked the shared store.
+    StoreOp {
+        Connect = "connect",
+        Publish = "publish",
+        History = "history",
+        Subscribe = "subscribe",
+        Presence = "presence",
+        Sessions = "sessions",
+        ToUser = "to_user",
+        ToNode = "to_node",
+        Ping = "ping",
+    }
+);
+
 /// One label: its key and a label enum's value.
 type Label<L> = [(&'static str, L); 1];
 
@@ -197,6 +213,45 @@ struct Handles(Vec<Counter>);
 impl Handles {
     fn get<L: Copy + Into<usize>>(&self, label: L) -> &Counter {
         &self.0[label.into()]
+    }
+}
+
+/// What the Redis broker counts.
+#[cfg(feature = "redis")]
+struct StoreMetrics {
+    errors: Handles,
+    pubsub_reconnects: Counter,
+    probe_failures: Counter,
+    events_dropped: Counter,
+}
+
+#[cfg(feature = "redis")]
+impl StoreMetrics {
+    fn register(r: &mut PromRegistry) -> Self {
+        StoreMetrics {
+            errors: family(
+                r,
+                "store_errors",
+                "Calls to the shared store (broker.url) that failed or timed out, by operation",
+                "op",
+                StoreOp::ALL,
+            ),
+            pubsub_reconnects: counter(
+                r,
+                "pubsub_reconnects",
+                "Times the node's subscription connection to the shared store was lost and made again",
+            ),
+            probe_failures: counter(
+                r,
+                "pubsub_probe_failures",
+                "Probes of an idle subscription connection that did not come back (the connection was restarted)",
+            ),
+            events_dropped: counter(
+                r,
+                "broker_events_dropped",
+                "Events from the shared store dropped because the registry was behind (its rooms were then checked for holes)",
+            ),
+        }
     }
 }
 
@@ -219,6 +274,8 @@ pub struct Metrics {
     session_panics: Counter,
     room_fills: Counter,
     room_resyncs: Counter,
+    #[cfg(feature = "redis")]
+    store: StoreMetrics,
     limits: Handles,
     /// Indexed by `hook × HookOutcome::ALL.len() + outcome`.
     hook_calls: Vec<Counter>,
@@ -229,6 +286,7 @@ pub struct Metrics {
     users: Gauge,
     rooms: Gauge,
     draining: Gauge,
+    store_up: Gauge,
     history_rooms: Gauge,
     history_messages: Gauge,
 }
@@ -397,6 +455,8 @@ impl Metrics {
             "room_resyncs",
             "Rooms whose subscribers were told to resync (a hole history could not fill)",
         );
+        #[cfg(feature = "redis")]
+        let store = StoreMetrics::register(&mut r);
         let limits = family(
             &mut r,
             "limit_hits",
@@ -414,6 +474,11 @@ impl Metrics {
         let users = gauge(&mut r, "users", "Distinct users connected");
         let rooms = gauge(&mut r, "rooms", "Rooms with at least one subscriber");
         let draining = gauge(&mut r, "draining", "1 while the server is shutting down");
+        let store_up = gauge(
+            &mut r,
+            "store_up",
+            "1 while the shared store is reachable and the node receives from it (always 1 in memory)",
+        );
         let history_rooms = gauge(
             &mut r,
             "history_rooms",
@@ -442,6 +507,8 @@ impl Metrics {
             session_panics,
             room_fills,
             room_resyncs,
+            #[cfg(feature = "redis")]
+            store,
             limits,
             hook_calls,
             hook_seconds,
@@ -450,6 +517,7 @@ impl Metrics {
             users,
             rooms,
             draining,
+            store_up,
             history_rooms,
             history_messages,
         }
@@ -561,6 +629,30 @@ impl Metrics {
         self.room_resyncs.inc();
     }
 
+    /// A call to the shared store failed.
+    #[cfg(feature = "redis")]
+    pub(crate) fn store_error(&self, op: StoreOp) {
+        self.store.errors.get(op).inc();
+    }
+
+    /// The subscription connection to the shared store was lost.
+    #[cfg(feature = "redis")]
+    pub(crate) fn pubsub_reconnected(&self) {
+        self.store.pubsub_reconnects.inc();
+    }
+
+    /// A probe of the subscription connection did not come back.
+    #[cfg(feature = "redis")]
+    pub(crate) fn probe_failed(&self) {
+        self.store.probe_failures.inc();
+    }
+
+    /// Inbound events were dropped because the registry was behind.
+    #[cfg(feature = "redis")]
+    pub(crate) fn events_dropped(&self, n: u64) {
+        self.store.events_dropped.inc_by(n);
+    }
+
     /// A session ended by a panic.
     pub(crate) fn session_panicked(&self) {
         self.session_panics.inc();
@@ -574,6 +666,7 @@ impl Metrics {
         self.users.set(g(levels.users));
         self.rooms.set(g(levels.rooms));
         self.draining.set(i64::from(levels.draining));
+        self.store_up.set(i64::from(levels.store_up));
         if let Some((rooms, messages)) = levels.history {
             self.history_rooms.set(g(rooms));
             self.history_messages.set(g(messages));
@@ -594,6 +687,8 @@ pub struct Levels {
     pub rooms: usize,
     /// Shutting down.
     pub draining: bool,
+    /// The shared store is reachable and the node receives from it.
+    pub store_up: bool,
     /// Rooms and messages the broker keeps, when it can tell.
     pub history: Option<(usize, usize)>,
 }

@@ -82,3 +82,15 @@ pub fn tls_connector(ca_pem: &std::path::Path) -> tokio_rustls::TlsConnector {
         Err(e) => panic!("test CA {}: {e}", ca_pem.display()),
     }
 }
+
+/// A [`RedisBroker`](crate::broker::RedisBroker) for the node `node`, connected as the server
+/// would connect it (on the current arbiter), with metrics of its own.
+#[cfg(feature = "redis")]
+pub async fn redis_broker(
+    config: &crate::broker::BrokerConfig,
+    limits: crate::broker::HistoryLimits,
+    node: &str,
+) -> Result<crate::broker::RedisBroker, crate::broker::BrokerError> {
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    crate::broker::RedisBroker::connect(config, limits, node.to_owned(), metrics).await
+}

@@ -25,8 +25,14 @@
 //! [`MemoryBroker`] is the embedded default (one node, answers at once, the same semantics);
 //! a Redis broker lets several nodes share everything.
 
+mod config;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::redis::RedisBroker;
+pub use config::BrokerConfig;
 pub use memory::{HistoryLimits, MemoryBroker};
 
 use std::sync::Arc;
@@ -230,6 +236,16 @@ pub trait Broker: 'static {
 
     /// Unregisters a session claimed with [`Broker::claim_session`].
     fn release_session(&self, user: &UserName, member: &str);
+
+    /// The node fanned out `seen` in `epoch` but the store's stream of `room` is behind it: the
+    /// store lost writes (a shared store restored from an older snapshot). Restarts the room's
+    /// stream under a new epoch if it is still in `epoch` and behind `seen`, so that clients
+    /// learn of the loss instead of seeing old seqs reused. An in-process store cannot go
+    /// back (the default does nothing).
+    fn restart_room(&self, room: &RoomName, epoch: &str, seen: u64) -> BrokerFuture<()> {
+        let _ = (room, epoch, seen);
+        Box::pin(ready(Ok(())))
+    }
 
     /// Whether the store is reachable and the inbound path works (for `/readyz`).
     fn healthy(&self) -> bool {

@@ -38,7 +38,7 @@ use super::config::ClientConfig;
 use super::config::ClientTls;
 use super::error::ClientError;
 use super::event::{ClientEvent, DisconnectReason, EventSink, Flush};
-use super::frames::{ClientFrame, HeartbeatRequest, ServerFrame, Welcome};
+use super::frames::{ClientFrame, ErrorFrame, HeartbeatRequest, ServerFrame, Welcome};
 use super::outgoing::{Kind, Outgoing, Reply};
 use super::rooms::{Delivery, Rooms};
 use crate::names::{MAX_ID_LEN, MAX_ROOM_LEN, MAX_USER_LEN};
@@ -81,6 +81,9 @@ pub struct Client {
     rooms: Rooms,
     outgoing: Outgoing,
     backoff: Backoff,
+    /// Delays before retrying what the server could not take for lack of its message store
+    /// (`error{code:"unavailable"}`); reset by the next ack.
+    retry: Backoff,
     events: EventSink,
     /// A blocked event delivery is being waited for.
     flushing: bool,
@@ -169,6 +172,7 @@ impl Client {
             rooms: Rooms::default(),
             outgoing: Outgoing::new(config.max_pending, config.max_in_flight),
             backoff: Backoff::new(config.backoff),
+            retry: Backoff::new(config.backoff),
             events,
             flushing: false,
             stalls: 0,
@@ -470,7 +474,13 @@ impl Client {
                 if !self.outgoing.ack(&ack, frame) {
                     tracing::debug!(parent: &self.span, id = %ack.id, "ack for nothing pending");
                 }
+                self.retry.reset();
                 self.pump();
+            }
+            ServerFrame::Error(e)
+                if e.code == "unavailable" && matches!(conn.phase, Phase::Ready { .. }) =>
+            {
+                self.on_unavailable(e, ctx);
             }
             ServerFrame::Error(e) => {
                 if e.code == "unauthorized" && matches!(conn.phase, Phase::Handshaking) {
@@ -513,6 +523,48 @@ impl Client {
                 } else {
                     self.emit(ClientEvent::Frame { kind, frame }, ctx);
                 }
+            }
+        }
+    }
+
+    /// The server could not reach its message store, and did nothing. A publish is written
+    /// again after a delay with the same id (the server dedupes it, so it is sequenced once);
+    /// an answer without an id is a `subscribe` that failed, so the rooms still waiting for
+    /// `subscribed` are subscribed again after the delay. Other frames fail with the error.
+    fn on_unavailable(&mut self, e: ErrorFrame, ctx: &mut Context<Self>) {
+        let delay = self.retry.next_delay(Some(self.config.backoff.initial / 2));
+        let generation = self.generation;
+        match e.id.as_deref() {
+            Some(id) if self.outgoing.defer(id, Instant::now() + delay) => {
+                tracing::debug!(parent: &self.span, id, in_ms = delay.as_millis() as u64,
+                    "server's store unavailable; publish deferred");
+                ctx.run_later(delay, |act, _| act.pump());
+            }
+            Some(_) => {
+                self.outgoing.error(&e);
+                self.pump();
+            }
+            None => {
+                tracing::debug!(parent: &self.span, in_ms = delay.as_millis() as u64,
+                    "server's store unavailable; pending subscriptions retried");
+                ctx.run_later(delay, move |act, _| {
+                    let current = act
+                        .conn
+                        .as_ref()
+                        .is_some_and(|c| c.generation == generation);
+                    if current {
+                        for room in act.rooms.pending() {
+                            act.send_subscribe(&room);
+                        }
+                    }
+                });
+                self.emit(
+                    ClientEvent::ServerError {
+                        code: e.code,
+                        message: e.message,
+                    },
+                    ctx,
+                );
             }
         }
     }

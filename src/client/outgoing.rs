@@ -17,8 +17,15 @@
 //!   deliver twice. Those never written are sent on the new connection.
 //!
 //! A request whose caller stopped waiting (timed out) is dropped instead of being sent late.
+//!
+//! A publish the server answers with `error{code:"unavailable"}` (its message store could not
+//! be reached; nothing was sequenced) is not failed either: it goes to the back of the queue
+//! and is written again after a delay ([`Outgoing::defer`]), with the same id, so that it is
+//! sequenced once when the store is back. Everything queued behind it waits with it, which
+//! keeps a client's publishes in order.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -70,6 +77,8 @@ struct Entry {
     kind: Kind,
     line: Bytes,
     reply: Option<ReplySender>,
+    /// Not to be written before this (a publish the server could not take yet).
+    not_before: Option<Instant>,
 }
 
 /// The queue of frames waiting for an answer.
@@ -138,9 +147,35 @@ impl Outgoing {
                 kind,
                 line,
                 reply,
+                not_before: None,
             },
         );
         Ok(())
+    }
+
+    /// The publish with `id` could not be taken by the server now: it goes to the back of the
+    /// queue, to be written again at `until` (nothing behind it is written earlier). Returns
+    /// `false` when no publish with that id is waiting.
+    pub fn defer(&mut self, id: &str, until: Instant) -> bool {
+        let Some(key) = self.by_id.get(id).copied() else {
+            return false;
+        };
+        if self
+            .entries
+            .get(&key)
+            .is_none_or(|e| e.kind != Kind::Publish)
+        {
+            return false;
+        }
+        let Some(mut entry) = self.remove(key) else {
+            return false;
+        };
+        entry.not_before = Some(until);
+        let key = self.next_key;
+        self.next_key += 1;
+        self.by_id.insert(entry.id.clone(), key);
+        self.entries.insert(key, entry);
+        true
     }
 
     /// Removes requests whose caller gave up (timed out or dropped the future).
@@ -172,8 +207,9 @@ impl Outgoing {
     pub fn pump(&mut self, mut write: impl FnMut(&Bytes) -> bool) {
         let mut abandoned = Vec::new();
         let mut next = self.cursor;
+        let now = Instant::now();
         for (key, entry) in self.entries.range(self.cursor..) {
-            if self.in_flight >= self.window {
+            if self.in_flight >= self.window || entry.not_before.is_some_and(|at| at > now) {
                 break;
             }
             if entry.kind == Kind::Request && entry.reply.as_ref().is_none_or(|r| r.is_closed()) {
@@ -250,6 +286,10 @@ impl Outgoing {
                 }
             }
         }
+        // A new connection starts afresh: a deferral's timer belonged to this one.
+        for entry in self.entries.values_mut() {
+            entry.not_before = None;
+        }
         self.cursor = 0;
         self.in_flight = 0;
     }
@@ -322,6 +362,29 @@ mod tests {
         assert!(out
             .push("p1".into(), Kind::Publish, line("x"), None)
             .is_err());
+    }
+
+    #[test]
+    fn a_publish_the_server_could_not_take_waits_and_keeps_its_place_in_line() {
+        let mut out = Outgoing::new(10, 10);
+        out.push("p1".into(), Kind::Publish, line("p1"), None)
+            .unwrap();
+        out.push("s1".into(), Kind::Send, line("s1"), None).unwrap();
+        assert_eq!(written(&mut out), ["p1", "s1"]);
+        let later = Instant::now() + std::time::Duration::from_millis(50);
+        assert!(out.defer("p1", later));
+        assert!(!out.defer("s1", later), "only publishes are deduped");
+        out.push("p2".into(), Kind::Publish, line("p2"), None)
+            .unwrap();
+        assert_eq!(
+            written(&mut out),
+            Vec::<String>::new(),
+            "p2 waits behind p1"
+        );
+        assert_eq!(out.in_flight(), 1);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(written(&mut out), ["p1", "p2"]);
+        assert_eq!(out.len(), 3);
     }
 
     #[test]

@@ -154,6 +154,15 @@ impl Rooms {
         Some((pos.last_seq, pos.epoch.clone()))
     }
 
+    /// Rooms whose `subscribe` was sent on this connection and not answered yet.
+    pub fn pending(&self) -> Vec<String> {
+        self.rooms
+            .iter()
+            .filter(|(_, pos)| pos.pending)
+            .map(|(room, _)| room.clone())
+            .collect()
+    }
+
     /// The connection ended: nothing is pending any more. A fetch in progress is dropped with
     /// what it held; the resubscription (`since: 0` in the new epoch) asks for all of it again.
     pub fn connection_lost(&mut self) {

@@ -177,6 +177,7 @@ async fn stats(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         "users": overview.users,
         "rooms": overview.rooms,
         "draining": overview.draining,
+        "store_healthy": overview.store_healthy,
         "history_rooms": history.map(|h| h.rooms),
         "history_messages": history.map(|h| h.messages),
     })))

@@ -22,9 +22,13 @@
 //! | `GET /api/rooms/{room}` | | `{room, members, users, seq, epoch, history_len}` |
 //! | `GET /api/rooms/{room}/presence` | | `{room, users}` |
 //! | `GET /api/connections` | `?limit&after&user` | `{connections, total, next}` |
-//! | `GET /api/stats` | | counts, `draining`, history totals |
+//! | `GET /api/stats` | | counts, `draining`, `store_healthy`, history totals |
 //! | `GET /metrics` | | OpenMetrics text |
-//! | `GET /healthz`, `GET /readyz` | | `{status}`, `{ready}` (503 while draining) |
+//! | `GET /healthz`, `GET /readyz` | | `{status}`, `{ready}` (503 while draining or without the shared store) |
+//!
+//! On a node of a cluster (`broker.url`) the API acts on the cluster (publish, send,
+//! disconnect, presence, a room's `seq`/`epoch`/`history_len`) and shows this node (connections,
+//! the room list, members, the counts of `/api/stats`).
 //!
 //! What guards `/api/*`, outermost first (SECURITY.md has the threat model):
 //!

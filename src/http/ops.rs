@@ -1,8 +1,9 @@
 //! Operations endpoints outside `/api`: liveness, readiness and the Prometheus scrape.
 //!
 //! `/healthz` answers as long as the HTTP server runs. `/readyz` asks the registry, so it is
-//! 503 when the registry does not answer or the server is draining: a load balancer stops
-//! sending new clients to a node that is shutting down while its existing connections drain.
+//! 503 when the registry does not answer, the server is draining, or the node has lost its
+//! shared store (`broker.url`): a load balancer stops sending new clients to a node that is
+//! shutting down while its existing connections drain, or to a node that cannot publish.
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -17,10 +18,12 @@ pub(crate) async fn healthz() -> HttpResponse {
 
 pub(crate) async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
     match state.server.overview().await {
-        Ok(o) if !o.draining => HttpResponse::Ok().json(json!({ "ready": true })),
-        Ok(_) => {
+        Ok(o) if o.draining => {
             HttpResponse::ServiceUnavailable().json(json!({ "ready": false, "reason": "draining" }))
         }
+        Ok(o) if !o.store_healthy => HttpResponse::ServiceUnavailable()
+            .json(json!({ "ready": false, "reason": "store_unavailable" })),
+        Ok(_) => HttpResponse::Ok().json(json!({ "ready": true })),
         Err(e) => HttpResponse::ServiceUnavailable()
             .json(json!({ "ready": false, "reason": e.to_string() })),
     }

@@ -94,6 +94,31 @@ impl ByeReason {
     }
 }
 
+#[cfg(feature = "redis")]
+impl ByeReason {
+    /// Every reason, for parsing.
+    const ALL: [ByeReason; 13] = [
+        ByeReason::Normal,
+        ByeReason::HeartbeatTimeout,
+        ByeReason::HandshakeTimeout,
+        ByeReason::Shutdown,
+        ByeReason::SlowConsumer,
+        ByeReason::FrameTooLarge,
+        ByeReason::ProtocolError,
+        ByeReason::Unauthorized,
+        ByeReason::Kicked,
+        ByeReason::MaxAge,
+        ByeReason::ServerFull,
+        ByeReason::TooManyConnections,
+        ByeReason::RateLimited,
+    ];
+
+    /// The reason with this wire name (as nodes pass kicks to each other).
+    pub(crate) fn from_wire(name: &str) -> Option<ByeReason> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
 impl std::fmt::Display for ByeReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -494,6 +519,37 @@ pub(crate) fn with_line<T: Serialize + ?Sized, R>(value: &T, f: impl FnOnce(&[u8
     f(&encode_line(value))
 }
 
+/// A room `message` frame cut around its `seq`: the first part ends with `"seq":`, the second
+/// starts right after the number and ends with the newline. A shared store that assigns the
+/// seq splices it in, so that every node forwards the same bytes without re-encoding them.
+#[cfg(feature = "redis")]
+pub(crate) fn message_around_seq(
+    room: &str,
+    from: Option<&str>,
+    data: &RawValue,
+    id: Option<&str>,
+) -> (Bytes, Bytes) {
+    let frame = Outbound::Message {
+        room: Some(room),
+        seq: Some(0),
+        from,
+        data,
+        id,
+    }
+    .encode();
+    // Fields are written in declaration order, so the marker follows the room name, and a
+    // quote inside that (escaped) name is always preceded by a backslash, never by a comma.
+    const MARKER: &[u8] = b",\"seq\":0";
+    match frame.windows(MARKER.len()).position(|w| w == MARKER) {
+        Some(at) => {
+            let digits = at + MARKER.len() - 1;
+            (frame.slice(..digits), frame.slice(digits + 1..))
+        }
+        // Unreachable with serde_json's output; a frame without a seq is still a frame.
+        None => (frame, Bytes::new()),
+    }
+}
+
 /// Serialises any value as one JSON line, newline included; for application frames.
 pub fn encode_line<T: Serialize + ?Sized>(value: &T) -> Bytes {
     let mut buf = Vec::with_capacity(64);
@@ -626,6 +682,26 @@ mod tests {
         }
         .encode();
         assert_eq!(message_len(None, None, &data, None), direct.len());
+    }
+
+    #[test]
+    #[cfg(feature = "redis")]
+    fn a_message_splits_around_its_seq() {
+        let data = RawValue::from_string("{\"seq\":0}".into()).unwrap();
+        for room in ["r", "a,\"seq\":0,", "}{"] {
+            let (head, tail) = message_around_seq(room, Some("al\"ice"), &data, Some("i"));
+            let whole = Outbound::Message {
+                room: Some(room),
+                seq: Some(123_456),
+                from: Some("al\"ice"),
+                data: &data,
+                id: Some("i"),
+            }
+            .encode();
+            assert_eq!([&head[..], b"123456", &tail[..]].concat(), &whole[..]);
+        }
+        assert_eq!(ByeReason::from_wire("kicked"), Some(ByeReason::Kicked));
+        assert_eq!(ByeReason::from_wire("nope"), None);
     }
 
     #[test]

@@ -301,6 +301,9 @@ pub struct Overview {
     pub rooms: usize,
     /// True once a graceful shutdown began: no new sessions are taken.
     pub draining: bool,
+    /// The shared store (`broker.url`) is reachable and this node receives from it; always
+    /// true with the in-memory broker. `/readyz` reports a node without it as not ready.
+    pub store_healthy: bool,
 }
 
 /// Asks for an [`Overview`].
@@ -318,6 +321,7 @@ impl Handler<GetOverview> for Registry {
             users: self.users.len(),
             rooms: self.rooms.len(),
             draining: self.draining,
+            store_healthy: self.broker.healthy(),
         }
     }
 }

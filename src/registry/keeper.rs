@@ -32,6 +32,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures_util::future::LocalBoxFuture;
 use tokio::sync::{oneshot, watch};
 
 use super::Registry;
@@ -135,33 +136,60 @@ pub(crate) struct RegistryRestarted;
 #[rtype(result = "()")]
 pub(crate) struct RegistryGone;
 
-/// Starts the keeper on `arbiter` and returns the slot once the first registry runs.
-/// `make_broker` and `build` run on the arbiter, so neither the broker nor the registry need
-/// be `Send`.
+/// Builds the broker on the registry's arbiter (brokers need not be `Send`); a store that
+/// cannot be reached is an error, which stops the server from starting.
+pub(crate) type MakeBroker =
+    Box<dyn FnOnce() -> LocalBoxFuture<'static, Result<Rc<dyn Broker>, String>> + Send>;
+
+/// Why the keeper did not start.
+#[derive(Debug)]
+pub(crate) enum StartFailure {
+    /// The arbiter is gone or did not answer in time.
+    Registry,
+    /// The broker could not be built (its store cannot be reached).
+    Broker(String),
+}
+
+/// Starts the keeper on `arbiter` and returns the slot once the first registry runs, waiting
+/// at most `wait` for the broker and the registry. `make_broker` and `build` run on the
+/// arbiter, so neither the broker nor the registry need be `Send`.
 pub(crate) fn start(
     arbiter: &actix_rt::ArbiterHandle,
-    make_broker: Box<dyn FnOnce() -> Rc<dyn Broker> + Send>,
+    make_broker: MakeBroker,
     build: Box<dyn FnOnce() -> BuildRegistry + Send>,
     intensity: Intensity,
     metrics: Arc<Metrics>,
-) -> Option<Arc<RegistrySlot>> {
+    wait: Duration,
+) -> Result<Arc<RegistrySlot>, StartFailure> {
     panics::capture();
     let (slot_tx, slot_rx) = std::sync::mpsc::sync_channel(1);
     let spawned = arbiter.spawn_fn(move || {
-        let keeper = Keeper {
-            broker: make_broker(),
-            build: build(),
-            intensity,
-            metrics,
-            restarts: VecDeque::new(),
-        };
-        actix_rt::spawn(keeper.run(slot_tx));
+        actix_rt::spawn(async move {
+            let broker = match make_broker().await {
+                Ok(broker) => broker,
+                Err(error) => {
+                    let _ = slot_tx.send(Err(StartFailure::Broker(error)));
+                    return;
+                }
+            };
+            let keeper = Keeper {
+                broker,
+                build: build(),
+                intensity,
+                metrics,
+                restarts: VecDeque::new(),
+            };
+            keeper.run(slot_tx).await;
+        });
     });
     if !spawned {
-        return None;
+        return Err(StartFailure::Registry);
     }
-    // The registry arbiter only builds a broker and a registry: this is a short wait.
-    slot_rx.recv_timeout(Duration::from_secs(10)).ok()
+    // The registry arbiter only builds a broker (connecting to its store, bounded by the
+    // store's own timeouts) and a registry: this is a short wait.
+    slot_rx
+        .recv_timeout(wait)
+        .unwrap_or(Err(StartFailure::Registry))
 }
 
 struct Keeper {
@@ -179,10 +207,13 @@ impl Keeper {
         (Supervisor::start(move |_| registry), died)
     }
 
-    async fn run(mut self, slot_tx: std::sync::mpsc::SyncSender<Arc<RegistrySlot>>) {
+    async fn run(
+        mut self,
+        slot_tx: std::sync::mpsc::SyncSender<Result<Arc<RegistrySlot>, StartFailure>>,
+    ) {
         let (mut addr, mut died) = self.start_registry();
         let slot = RegistrySlot::new(addr.clone());
-        if slot_tx.send(slot.clone()).is_err() {
+        if slot_tx.send(Ok(slot.clone())).is_err() {
             return;
         }
         loop {

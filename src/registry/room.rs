@@ -420,6 +420,9 @@ impl Registry {
                     }
                     act.release_held(ctx, &room);
                 }
+                Ok(history) if history.epoch == epoch && history.top < top => {
+                    act.stream_went_back(ctx, &room, &epoch, top, history.top);
+                }
                 Ok(_) => {
                     tracing::warn!(%room, "history does not reach back to the hole; subscribers resync");
                     act.resync_room(&room);
@@ -429,6 +432,30 @@ impl Registry {
                     act.resync_room(&room);
                 }
             }
+        }));
+    }
+
+    /// The store's stream of the room is behind what this node fanned out, in the same epoch:
+    /// the store lost writes (it restarted from an older snapshot). Its seqs would be reused
+    /// for other messages, which subscribers would drop as already seen; so the room's stream
+    /// is restarted under a new epoch, and its subscribers resync into it and learn of the loss.
+    fn stream_went_back(
+        &mut self,
+        ctx: &mut Context<Self>,
+        room: &RoomName,
+        epoch: &str,
+        seen: u64,
+        top: u64,
+    ) {
+        tracing::error!(%room, epoch, seen, top,
+            "the store's stream went back (it lost writes); the room restarts under a new epoch");
+        let room = room.clone();
+        let restart = self.broker.restart_room(&room, epoch, seen);
+        ctx.spawn(restart.into_actor(self).map(move |result, act, _| {
+            if let Err(error) = result {
+                tracing::warn!(%room, %error, "cannot restart the room's stream");
+            }
+            act.resync_room(&room);
         }));
     }
 

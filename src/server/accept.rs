@@ -1,7 +1,8 @@
 //! The accept loop: socket options from the heartbeat, limits at the door, and the hand-off
 //! of each connection to a worker arbiter.
 //!
-//! The listener is built with socket2 (`SO_REUSEADDR`, a configurable backlog) and every
+//! The listener is built with socket2 (`SO_REUSEADDR`, `SO_REUSEPORT` when asked, a
+//! configurable backlog) and every
 //! accepted socket gets `TCP_NODELAY`, keep-alive and `TCP_USER_TIMEOUT` derived from the
 //! heartbeat (see [`Config::keepalive`]). Sessions are spread round-robin over `workers`
 //! arbiters. Accept errors never end the loop: running out of file descriptors or memory is
@@ -25,16 +26,22 @@ use crate::session::{Session, SessionShared};
 use crate::tls::TlsAcceptor;
 
 pub(super) fn bind(config: &Config) -> io::Result<TcpListener> {
-    TcpListener::from_std(listen_on(config.listen, config.backlog)?)
+    TcpListener::from_std(listen_on(config.listen, config)?)
 }
 
-/// A non-blocking listening socket on `addr` with `SO_REUSEADDR` and `backlog`.
-pub(crate) fn listen_on(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+/// A non-blocking listening socket on `addr` with `SO_REUSEADDR`, `SO_REUSEPORT` when
+/// `reuse_port` is set, and the configured backlog.
+pub(crate) fn listen_on(addr: SocketAddr, config: &Config) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if config.reuse_port {
+        // Several processes (nodes of one cluster) listen on this port; the kernel spreads
+        // new connections over them.
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX))?;
     Ok(socket.into())
 }
 

@@ -233,6 +233,7 @@ impl ServerHandle {
             users: overview.users,
             rooms: overview.rooms,
             draining: overview.draining,
+            store_up: overview.store_healthy,
             history,
         });
         Ok(self.metrics.encode())

@@ -15,8 +15,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_rt::Arbiter;
+use futures_util::future::ready;
 use tokio_util::sync::CancellationToken;
 
 use self::accept::AcceptLoop;
@@ -26,12 +28,53 @@ use crate::config::{Config, ConfigError};
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
 use crate::outbox::Worker;
-use crate::registry::keeper::{self, BuildRegistry, Intensity};
+use crate::registry::keeper::{self, BuildRegistry, Intensity, MakeBroker, StartFailure};
 use crate::registry::{Registry, RegistryLimits};
 use crate::session::{FrameHandler, Handlers, SessionShared};
 
 /// Builds the broker inside the registry's arbiter (brokers need not be `Send`).
 type BrokerFactory = Box<dyn FnOnce(&Config) -> Rc<dyn Broker> + Send>;
+
+/// Longest wait for the registry (and its broker) to start, unless the store's timeouts
+/// need longer.
+const STARTUP_WAIT: Duration = Duration::from_secs(10);
+
+/// The id this process gives itself in the cluster: the configured node name (if any) and a
+/// random part per start, so that session ids stay unique across nodes and restarts.
+fn node_id(config: &Config) -> String {
+    let nonce = format!("{:06x}", fastrand::u32(..0x100_0000));
+    match &config.broker.node {
+        Some(name) => format!("{name}.{nonce}"),
+        None => nonce,
+    }
+}
+
+/// The broker `config` asks for: Redis when `broker.url` is set, else in memory.
+fn default_broker(config: &Config, node: String, metrics: Arc<Metrics>) -> MakeBroker {
+    let limits = HistoryLimits {
+        size: config.history_size,
+        ttl: config.history_ttl,
+    };
+    #[cfg(feature = "redis")]
+    if config.broker.url.is_some() {
+        let broker_config = config.broker.clone();
+        return Box::new(move || {
+            Box::pin(async move {
+                let broker =
+                    crate::broker::RedisBroker::connect(&broker_config, limits, node, metrics)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                Ok(Rc::new(broker) as Rc<dyn Broker>)
+            })
+        });
+    }
+    let _ = (node, metrics);
+    Box::new(move || {
+        Box::pin(ready(Ok(
+            Rc::new(MemoryBroker::new(limits)) as Rc<dyn Broker>
+        )))
+    })
+}
 
 /// Configures and starts a server. Call [`ServerBuilder::start`] inside a running actix
 /// `System` (for example under `#[actix_rt::main]` or in an actix-web app).
@@ -60,6 +103,15 @@ pub enum StartError {
     /// The registry did not start.
     #[error("the registry did not start")]
     Registry,
+    /// The shared store (`broker.url`) could not be reached or used, and `broker.start_degraded`
+    /// is off.
+    #[error("cannot use the message store at {url}: {reason}")]
+    Broker {
+        /// The store's URL, password redacted.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The HTTP API could not be set up.
     #[cfg(feature = "http")]
     #[error("cannot serve HTTP on {addr}: {source}")]
@@ -135,16 +187,18 @@ impl ServerBuilder {
         })?;
 
         let metrics = Arc::new(Metrics::new());
+        let node = node_id(&config);
         let registry_arbiter = Arbiter::new();
-        let make_broker = self.broker.unwrap_or_else(|| {
-            Box::new(|config: &Config| {
-                Rc::new(MemoryBroker::new(HistoryLimits {
-                    size: config.history_size,
-                    ttl: config.history_ttl,
-                })) as Rc<dyn Broker>
-            })
-        });
-        let broker_config = config.clone();
+        let make_broker: MakeBroker = match self.broker {
+            Some(make) => {
+                let config = config.clone();
+                Box::new(move || {
+                    let broker = make(&config);
+                    Box::pin(ready(Ok(broker)))
+                })
+            }
+            None => default_broker(&config, node.clone(), metrics.clone()),
+        };
         let registry_config = config.clone();
         let registry_metrics = metrics.clone();
         let build: Box<dyn FnOnce() -> BuildRegistry + Send> = Box::new(move || {
@@ -162,18 +216,31 @@ impl ServerBuilder {
             max_restarts: config.max_registry_restarts,
             window: config.registry_restart_window,
         };
+        // Connecting to a store takes a few of its command timeouts at most.
+        let wait = STARTUP_WAIT + config.broker.command_timeout * 6;
         let slot = keeper::start(
             &registry_arbiter.handle(),
-            Box::new(move || make_broker(&broker_config)),
+            make_broker,
             build,
             intensity,
             metrics.clone(),
+            wait,
         )
-        .ok_or(StartError::Registry)?;
+        .map_err(|failure| {
+            registry_arbiter.stop();
+            match failure {
+                StartFailure::Registry => StartError::Registry,
+                StartFailure::Broker(reason) => StartError::Broker {
+                    url: config.broker.redacted_url().unwrap_or_default(),
+                    reason,
+                },
+            }
+        })?;
 
         let workers: Vec<Arbiter> = (0..config.worker_count()).map(|_| Arbiter::new()).collect();
         let shared = SessionShared::new(
             config.clone(),
+            node.clone(),
             slot.clone(),
             self.handlers,
             authenticator,
@@ -192,7 +259,8 @@ impl ServerBuilder {
             stop: stop_accepting.clone(),
         };
         actix_rt::spawn(accept.run());
-        tracing::info!(%local_addr, workers = workers.len(), tls = config.tls.cert.is_some(), "listening");
+        tracing::info!(%local_addr, workers = workers.len(), tls = config.tls.cert.is_some(),
+            node, broker = config.broker.redacted_url().as_deref().unwrap_or("memory"), "listening");
 
         Ok(ServerHandle::new(
             local_addr,

@@ -88,7 +88,8 @@ pub(crate) struct SessionShared {
     pub(crate) metrics: Arc<Metrics>,
     /// Open connections of every transport, against the connection limits.
     pub(crate) tracker: Arc<ConnectionTracker>,
-    /// Prefix of the session ids this process hands out, random per start.
+    /// Prefix of the session ids this process hands out: the node's id in the cluster, with a
+    /// random part per start.
     node: String,
     next_id: AtomicU64,
     /// Where the heartbeat tick grid starts.
@@ -99,6 +100,7 @@ impl SessionShared {
     /// Shared state for sessions of one server.
     pub(crate) fn new(
         config: Config,
+        node: String,
         slot: Arc<RegistrySlot>,
         handlers: Handlers,
         authenticator: Option<Authenticator>,
@@ -115,7 +117,7 @@ impl SessionShared {
             authenticator,
             hooks,
             metrics,
-            node: format!("{:06x}", fastrand::u32(..0x100_0000)),
+            node,
             next_id: AtomicU64::new(1),
             epoch: Instant::now(),
         })

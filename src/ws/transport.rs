@@ -225,9 +225,10 @@ where
     Ok(server.map_err(failed)?.run())
 }
 
-/// Binds the WebSocket listener on `addr` with the server's backlog.
+/// Binds the WebSocket listener on `addr` with the server's backlog (and `SO_REUSEPORT`
+/// with `reuse_port`).
 pub fn bind(addr: SocketAddr, config: &Config) -> Result<TcpListener, StartError> {
-    listen_on(addr, config.backlog).map_err(|source| StartError::Ws { addr, source })
+    listen_on(addr, config).map_err(|source| StartError::Ws { addr, source })
 }
 
 #[cfg(test)]

@@ -2,11 +2,14 @@
 //! binary as a child process), raw protocol clients and the client library. One test crate, so
 //! that the suite links once; `tests/churn.rs` measures memory and has a process of its own.
 
+mod broker_suite;
 mod common;
 mod dead_peers;
 
 #[cfg(feature = "cli")]
 mod bench_smoke;
+#[cfg(feature = "ws")]
+mod browser;
 #[cfg(feature = "cli")]
 mod cli;
 #[cfg(feature = "client")]
@@ -25,6 +28,8 @@ mod client_recover;
 mod client_request;
 #[cfg(feature = "client")]
 mod client_support;
+#[cfg(all(feature = "redis", feature = "cli"))]
+mod cluster;
 #[cfg(feature = "http")]
 mod embedding;
 mod extension;

@@ -27,7 +27,8 @@ pub struct ServeArgs {
     /// in `[tls]`, the limits (`--max-connections` … `--max-connection-age`) in `[limits]`, the
     /// `--http*` and `--api-key*` flags in `[http]` (`listen`, `api_keys`, `tls`, ...), `--ws*`
     /// in `[ws]` (`listen`, `allowed_origins`, `close_linger`), `--hook-*` in `[hooks]` (`url`,
-    /// `timeout`, …). README lists every key.
+    /// `timeout`, …), `--broker*` in `[broker]` (`url`, `key_prefix`, ...). README lists every
+    /// key.
     #[arg(long, env = "HEARTWIRE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on; port 0 picks a free port [default: 0.0.0.0:7700].
@@ -158,6 +159,41 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub presence_events: Option<Vec<String>>,
+    /// Set SO_REUSEPORT on the listener, so that several heartwire processes (nodes sharing
+    /// --broker) can listen on the same port [default: off].
+    #[arg(long, env = "HEARTWIRE_REUSE_PORT")]
+    pub reuse_port: bool,
+    /// Share rooms, users, presence and history with other nodes through Redis:
+    /// redis://[user:password@]HOST:PORT/DB, or rediss:// for TLS [default: in memory, one node].
+    #[arg(
+        long,
+        env = "HEARTWIRE_BROKER",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub broker: Option<String>,
+    /// Prefix of every Redis key and channel [default: heartwire].
+    #[arg(long, env = "HEARTWIRE_BROKER_KEY_PREFIX", value_name = "PREFIX")]
+    pub broker_key_prefix: Option<String>,
+    /// This node's name (letters, digits, `_`), the start of its session ids [default: random].
+    #[arg(long, env = "HEARTWIRE_BROKER_NODE", value_name = "NAME")]
+    pub broker_node: Option<String>,
+    /// Lifetime of a node's presence and sessions in Redis unless refreshed; a node that dies
+    /// has its users leave within it [default: 60s].
+    #[arg(long, env = "HEARTWIRE_BROKER_PRESENCE_TTL", value_name = "DUR", value_parser = duration)]
+    pub broker_presence_ttl: Option<Duration>,
+    /// Idle time after which the Redis subscription is probed [default: 5s].
+    #[arg(long, env = "HEARTWIRE_BROKER_PROBE_INTERVAL", value_name = "DUR", value_parser = duration)]
+    pub broker_probe_interval: Option<Duration>,
+    /// Longest wait for one Redis command [default: 1s].
+    #[arg(long, env = "HEARTWIRE_BROKER_COMMAND_TIMEOUT", value_name = "DUR", value_parser = duration)]
+    pub broker_command_timeout: Option<Duration>,
+    /// Start even when Redis cannot be reached (not ready until it can) [default: refuse].
+    #[arg(long, env = "HEARTWIRE_BROKER_START_DEGRADED")]
+    pub broker_start_degraded: bool,
+    /// PEM CA certificates to verify a rediss:// Redis with [default: the system's roots].
+    #[arg(long, env = "HEARTWIRE_BROKER_TLS_CA", value_name = "FILE")]
+    pub broker_tls_ca: Option<PathBuf>,
     /// HTTP API options.
     #[command(flatten)]
     pub http: HttpArgs,
@@ -233,6 +269,19 @@ impl ServeArgs {
         if let Some(prefixes) = &self.presence_events {
             c.presence_events = prefixes.clone();
         }
+        c.reuse_port |= self.reuse_port;
+        let b = &mut c.broker;
+        b.url = self.broker.clone().or(b.url.take());
+        b.key_prefix = self
+            .broker_key_prefix
+            .clone()
+            .unwrap_or(std::mem::take(&mut b.key_prefix));
+        b.node = self.broker_node.clone().or(b.node.take());
+        b.presence_ttl = self.broker_presence_ttl.unwrap_or(b.presence_ttl);
+        b.probe_interval = self.broker_probe_interval.unwrap_or(b.probe_interval);
+        b.command_timeout = self.broker_command_timeout.unwrap_or(b.command_timeout);
+        b.start_degraded |= self.broker_start_degraded;
+        b.tls_ca = self.broker_tls_ca.clone().or(b.tls_ca.take());
         self.http.apply(&mut c.http);
         self.ws.apply(&mut c.ws);
         self.hooks.apply(&mut c.hooks);

@@ -1,6 +1,9 @@
 #![allow(dead_code)]
 //! Test harness: a real server on port 0 and a raw line-oriented client over real sockets.
 
+#[cfg(feature = "redis")]
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
