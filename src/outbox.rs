@@ -155,15 +155,19 @@ fn hand_off(mut batch: Vec<Arc<Outbox>>) {
 
 /// How frames reach the socket.
 enum Mode {
-    /// A writer task drains the queue into a [`FrameSink`].
-    Task {
-        /// Wakes the writer when frames arrive after it found the queue empty.
-        wake: Notify,
-        /// Wakes a writer blocked on a full socket when the connection starts closing.
-        closed: AtomicWaker,
-    },
+    /// A writer task drains the queue into a [`FrameSink`]. Boxed, so that the outboxes of
+    /// plain TCP connections (most of them) do not carry the writer's wakers.
+    Task(Box<Wakers>),
     /// Written where pushed (on the worker) or by the worker the outbox is handed to.
     Direct(Arc<Worker>),
+}
+
+/// How a writer task is woken.
+struct Wakers {
+    /// Wakes the writer when frames arrive after it found the queue empty.
+    wake: Notify,
+    /// Wakes a writer blocked on a full socket when the connection starts closing.
+    closed: AtomicWaker,
 }
 
 /// A connection's outbound queue; cheap to share (`Arc`) with the registry.
@@ -244,10 +248,10 @@ impl Outbox {
     }
 
     fn task_mode() -> Mode {
-        Mode::Task {
+        Mode::Task(Box::new(Wakers {
             wake: Notify::new(),
             closed: AtomicWaker::new(),
-        }
+        }))
     }
 
     fn build(
@@ -307,7 +311,7 @@ impl Outbox {
     fn worker(&self) -> Option<&Arc<Worker>> {
         match &self.mode {
             Mode::Direct(worker) => Some(worker),
-            Mode::Task { .. } => None,
+            Mode::Task(_) => None,
         }
     }
 
@@ -348,13 +352,13 @@ impl Outbox {
             return false;
         }
         let worker = match &self.mode {
-            Mode::Task { wake, .. } => {
+            Mode::Task(wakers) => {
                 let was_idle = state.queue.is_empty();
                 state.queued += frame.len();
                 state.queue.push_back(owned());
                 drop(state);
                 if was_idle {
-                    wake.notify_one();
+                    wakers.wake.notify_one();
                 }
                 return true;
             }
@@ -563,9 +567,9 @@ impl Outbox {
     fn close_started(&self, mut state: MutexGuard<'_, State>) {
         state.flushing = true;
         drop(state);
-        if let Mode::Task { wake, closed } = &self.mode {
-            wake.notify_one();
-            closed.wake();
+        if let Mode::Task(wakers) = &self.mode {
+            wakers.wake.notify_one();
+            wakers.closed.wake();
         }
         self.tell(OutboxEvent::CloseBegan);
     }
@@ -685,7 +689,7 @@ impl Outbox {
         mut sink: S,
         close_timeout: Duration,
     ) -> WriterExit {
-        let Mode::Task { wake, closed } = &self.mode else {
+        let Mode::Task(wakers) = &self.mode else {
             return WriterExit::Failed(io::Error::other("this outbox writes its socket itself"));
         };
         let mut deadline: Option<Instant> = None;
@@ -700,13 +704,13 @@ impl Outbox {
                     let _ = with_deadline(deadline, sink.finish(reason)).await;
                     return WriterExit::Closed(reason);
                 }
-                wake.notified().await;
+                wakers.wake.notified().await;
                 continue;
             }
             let written: usize = batch.iter().map(Bytes::len).sum();
             let send = std::pin::pin!(sink.send(&batch));
             let result = self
-                .until_deadline(send, closed, &mut deadline, close_timeout)
+                .until_deadline(send, &wakers.closed, &mut deadline, close_timeout)
                 .await;
             self.lock().queued -= written;
             match result {

@@ -21,7 +21,7 @@
 //! skip its hooks, depending on how the actor is torn down) leaves a closed mailbox, which a
 //! periodic sweep finds with `Addr::connected` and removes with its room memberships.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +42,7 @@ use crate::names::{FrameId, RoomName, UserName};
 use crate::outbox::Outbox;
 use crate::protocol::{ByeReason, ErrorCode, Outbound};
 use crate::session::{Session, SessionGauge};
+use crate::small_set::SmallSet;
 
 pub(crate) mod admin;
 pub(crate) mod keeper;
@@ -100,7 +101,7 @@ struct Entry {
     outbox: Arc<Outbox>,
     peer: SocketAddr,
     user: Option<UserName>,
-    rooms: HashSet<RoomName>,
+    rooms: SmallSet<RoomName>,
     gauge: Arc<SessionGauge>,
 }
 
@@ -130,7 +131,7 @@ pub struct Registry {
     limits: RegistryLimits,
     sweep_interval: std::time::Duration,
     sessions: HashMap<SessionId, Entry>,
-    users: HashMap<UserName, HashSet<SessionId>>,
+    users: HashMap<UserName, SmallSet<SessionId>>,
     rooms: HashMap<RoomName, Room>,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
@@ -478,7 +479,7 @@ impl Handler<Connect> for Registry {
                 outbox: msg.outbox,
                 peer: msg.peer,
                 user: None,
-                rooms: HashSet::new(),
+                rooms: SmallSet::default(),
                 gauge: msg.gauge,
             },
         );

@@ -180,7 +180,8 @@ pub struct Session {
     send_policy: Option<Patterns>,
     /// What the connect hook attached.
     meta: Meta,
-    rate: Option<governor::DefaultDirectRateLimiter>,
+    /// Boxed: most servers set no `message_rate`, and every session's actor carries this field.
+    rate: Option<Box<governor::DefaultDirectRateLimiter>>,
     rate_violations: u32,
     _permit: Option<ConnectionPermit>,
     writer: Writer,
@@ -313,7 +314,7 @@ impl Session {
                 }
             };
             let gauge = SessionGauge::new(wire_id.clone());
-            let rate = shared.config.limits.session_rate_limiter();
+            let rate = shared.config.limits.session_rate_limiter().map(Box::new);
             let send_policy = shared.send_default.clone();
             ctx.add_stream(incoming);
             // The generation first: a registry published in between makes this session
