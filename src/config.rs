@@ -23,6 +23,8 @@ const DEFAULT_HEARTBEAT_MIN: Duration = Duration::from_secs(5);
 const DEFAULT_HEARTBEAT_MAX: Duration = Duration::from_secs(300);
 /// No interval above a day: the dead-peer bound is a multiple of it and must not overflow.
 const MAX_HEARTBEAT: Duration = Duration::from_secs(24 * 3600);
+/// The longest any configured duration may be.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Everything a heartwire server can be told. Field names are the TOML keys.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -243,9 +245,10 @@ impl Config {
             return Err(invalid("heartbeat_interval", "must be at least 1ms"));
         }
         self.validate_heartbeat_bounds()?;
-        if self.max_missed == 0 {
-            return Err(invalid("max_missed", "must be at least 1"));
+        if !(1..=1000).contains(&self.max_missed) {
+            return Err(invalid("max_missed", "must be between 1 and 1000"));
         }
+        self.validate_duration_caps()?;
         if self.handshake_timeout < ms {
             return Err(invalid("handshake_timeout", "must be at least 1ms"));
         }
@@ -306,6 +309,37 @@ impl Config {
         self.http.validate()?;
         #[cfg(feature = "ws")]
         self.ws.validate()?;
+        Ok(())
+    }
+
+    /// No duration may be longer than [`MAX_DURATION`], so that none overflows when added to
+    /// an instant or multiplied by a small factor.
+    fn validate_duration_caps(&self) -> Result<(), ConfigError> {
+        let durations = [
+            ("handshake_timeout", Some(self.handshake_timeout)),
+            ("close_timeout", Some(self.close_timeout)),
+            ("history_ttl", Some(self.history_ttl)),
+            ("sweep_interval", Some(self.sweep_interval)),
+            (
+                "registry_restart_window",
+                Some(self.registry_restart_window),
+            ),
+            ("drain_timeout", Some(self.drain_timeout)),
+            ("shutdown_reconnect", Some(self.shutdown_reconnect)),
+            ("tcp.keepalive_idle", self.tcp.keepalive_idle),
+            ("tcp.keepalive_interval", self.tcp.keepalive_interval),
+            ("tcp.user_timeout", self.tcp.user_timeout),
+            ("limits.max_connection_age", self.limits.max_connection_age),
+            ("hooks.timeout", Some(self.hooks.timeout)),
+            ("broker.presence_ttl", Some(self.broker.presence_ttl)),
+            ("broker.probe_interval", Some(self.broker.probe_interval)),
+            ("broker.command_timeout", Some(self.broker.command_timeout)),
+        ];
+        for (key, value) in durations {
+            if value.is_some_and(|d| d > MAX_DURATION) {
+                return Err(invalid(key, "must be at most 30 days"));
+            }
+        }
         Ok(())
     }
 
@@ -427,6 +461,23 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(err.to_string().contains("max_missed"), "{err}");
+    }
+
+    #[test]
+    fn values_that_would_overflow_are_refused_by_name() {
+        let mut c = Config {
+            max_missed: u32::MAX,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("max_missed"));
+        c.max_missed = 2;
+        c.broker.command_timeout = Duration::MAX;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("broker.command_timeout"), "{err}");
+        c.broker.command_timeout = Duration::from_secs(1);
+        c.shutdown_reconnect = Duration::from_secs(u64::MAX / 1000);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("shutdown_reconnect"), "{err}");
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub async fn register_dead_session(server: &ServerHandle, id: u64, user: &str, r
         .send(registry::Identify {
             id,
             user: UserName::checked(user),
+            welcome: bytes::Bytes::new(),
         })
         .await;
     for room in rooms {

@@ -10,21 +10,25 @@
 //! - [`Mode::Fanout`]: N subscribers in a room, publishers at an open-loop rate (deliveries per
 //!   CPU-second, publish → receive latency),
 //! - [`Mode::Detect`]: N clients fall silent at once (close time against the `welcome` bound),
-//! - [`Mode::Churn`]: connect/hello/close cycles per second.
+//! - [`Mode::Churn`]: connect/hello/close cycles per second,
+//! - [`Mode::Chat`]: N clients in rooms of K, each publishing at R/s (sustained publishes per
+//!   second, deliveries, latency, loss).
 //!
 //! The pieces: [`client`] (the per-connection protocol client), [`shard`] (the connections of
 //! one process and their phases), [`worker`] (shards in this or in child processes), the
-//! per-mode behaviour in [`idle`], [`fanout`], [`detect`] and [`churn`], `/proc` readings in
-//! [`proc`], statistics in [`stats`], the result in [`report`] and the live view in
-//! [`progress`]. The coordinator here splits the work into shards (one process opens at most
-//! its open-file limit of sockets), ramps them, runs the window while sampling the server's
-//! `/proc` entries, and adds up the results.
+//! per-mode behaviour in [`idle`], [`fanout`], [`detect`], [`churn`] and [`chat`], `/proc`
+//! readings in [`proc`] (of several server processes in [`nodes`]), statistics in [`stats`],
+//! the result in [`report`] and the live view in [`progress`]. The coordinator here splits
+//! the work into shards (one process opens at most its open-file limit of sockets), ramps
+//! them, runs the window while sampling the server's `/proc` entries, and adds up the results.
 
+pub mod chat;
 pub mod churn;
 pub mod client;
 pub mod detect;
 pub mod fanout;
 pub mod idle;
+pub mod nodes;
 pub mod proc;
 pub mod progress;
 pub mod report;
@@ -43,7 +47,8 @@ use tokio::sync::mpsc;
 
 use self::client::{Transport, Welcome};
 use self::detect::Bound;
-use self::proc::{ListenCounters, Sampler};
+use self::nodes::{Measured, NodesSampler};
+use self::proc::ListenCounters;
 use self::progress::Progress;
 use self::report::{
     ChurnReport, DetectReport, FanoutReport, RampReport, Report, ServerReport, WindowReport,
@@ -56,6 +61,8 @@ use self::worker::ShardHandle;
 const FD_RESERVE: u64 = 100;
 /// How long fan-out waits after publishing for the last deliveries.
 const FANOUT_DRAIN: Duration = Duration::from_secs(5);
+/// How long past --duration chat waits before it may end the window early.
+const CHAT_MARGIN: Duration = Duration::from_millis(500);
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -69,6 +76,8 @@ pub enum Mode {
     Detect,
     /// Connect/hello/welcome/bye/close cycles in --concurrency loops for --duration.
     Churn,
+    /// N clients in rooms of --room-size, each publishing --rate messages/s into its room.
+    Chat,
 }
 
 impl Mode {
@@ -79,6 +88,7 @@ impl Mode {
             Mode::Fanout => "fanout",
             Mode::Detect => "detect",
             Mode::Churn => "churn",
+            Mode::Chat => "chat",
         }
     }
 }
@@ -95,7 +105,7 @@ pub struct BenchArgs {
     /// Speak protocol v1 over TCP, or over WebSocket at ws://ADDR/ws.
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
-    /// Connections to hold (idle, detect) or subscribers (fanout).
+    /// Connections to hold (idle, detect), subscribers (fanout) or clients (chat).
     #[arg(short = 'n', long, default_value_t = 1000, value_name = "N")]
     pub connections: usize,
     /// Connection attempts per second while ramping; 0 = as fast as --max-inflight allows.
@@ -113,18 +123,22 @@ pub struct BenchArgs {
     /// Length of the window: hold (idle), publishing (fanout), cycling (churn).
     #[arg(long, default_value = "10s", value_parser = duration, value_name = "DUR")]
     pub duration: Duration,
-    /// fanout: messages published per second, over all publishers (fractions allowed).
+    /// fanout: messages published per second, over all publishers; chat: per client
+    /// (fractions allowed).
     #[arg(long, default_value_t = 5.0, value_name = "PER_SEC")]
     pub rate: f64,
     /// fanout: publishing connections.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub publishers: usize,
-    /// fanout: padding bytes in each message's data.
+    /// fanout, chat: padding bytes in each message's data.
     #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub payload: usize,
-    /// fanout: the room.
+    /// fanout: the room; chat: the prefix of the rooms (ROOM-0, ROOM-1, …).
     #[arg(long, default_value = "bench")]
     pub room: String,
+    /// chat: clients per room.
+    #[arg(long, default_value_t = 10, value_name = "K")]
+    pub room_size: usize,
     /// churn: connect/close loops running at once.
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub concurrency: usize,
@@ -141,9 +155,10 @@ pub struct BenchArgs {
     /// process suffices: the connections are then held by this process).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub processes: usize,
-    /// The server's pid: sample its RSS and CPU from /proc during the window.
+    /// The server's pid: sample its RSS and CPU from /proc during the window. Repeat it for
+    /// the nodes of a cluster: figures are summed, and each node is listed.
     #[arg(long, value_name = "PID")]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
     /// User names are PREFIX-0, PREFIX-1, …
     #[arg(long, default_value = "bench", value_name = "PREFIX")]
     pub user: String,
@@ -308,6 +323,9 @@ fn validate(args: &BenchArgs) -> Result<(), BenchError> {
     {
         return usage("fanout needs --publishers ≥ 1 and --rate > 0");
     }
+    if args.mode == Mode::Chat && (args.room_size == 0 || args.rate.is_nan() || args.rate <= 0.0) {
+        return usage("chat needs --room-size ≥ 1 and --rate > 0");
+    }
     if args.mode == Mode::Churn && args.concurrency == 0 {
         return usage("churn needs --concurrency ≥ 1");
     }
@@ -396,13 +414,15 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
     };
     let split = split(total, per_process, args.processes).map_err(BenchError::Usage)?;
     let mut server_fd_limit = None;
-    if let Some(pid) = args.server_pid {
+    // Several server processes (nodes on one port) share the connections about evenly.
+    let per_server = total.div_ceil(args.server_pid.len().max(1));
+    for &pid in &args.server_pid {
         proc::sample(Some(pid)).map_err(|e| {
             BenchError::Usage(format!("cannot read /proc/{pid} (--server-pid): {e}"))
         })?;
-        server_fd_limit = proc::open_file_limit(Some(pid));
+        server_fd_limit = server_fd_limit.or(proc::open_file_limit(Some(pid)));
         if let Some(limit) = server_fd_limit {
-            if mode != Mode::Churn && total as u64 + 20 > limit {
+            if mode != Mode::Churn && per_server as u64 + 20 > limit {
                 warnings.push(format!(
                     "the server process may open at most {limit} files: expect connections \
                      beyond about {} to fail",
@@ -435,8 +455,13 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
             sources: sources.clone(),
             user: args.user.clone(),
             room: args.room.clone(),
+            room_size: args.room_size,
+            clients: args.connections,
             payload: args.payload,
-            publish_rate: args.rate / publishers.max(1) as f64,
+            publish_rate: match mode {
+                Mode::Chat => args.rate,
+                _ => args.rate / publishers.max(1) as f64,
+            },
             publish_ms: args.duration.as_millis() as u64,
             concurrency: if mode == Mode::Churn { n } else { 0 },
             tolerance_ms: args.tolerance.as_millis() as u64,
@@ -460,7 +485,7 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
         events: event_rx,
         latest: vec![Tally::default(); shard_count],
     };
-    let server_before = args.server_pid.and_then(|pid| proc::sample(Some(pid)).ok());
+    let server_before = nodes::Before::read(&args.server_pid);
 
     // Ramp.
     let listen_before = ListenCounters::read();
@@ -525,14 +550,11 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
     let window_length = match (mode, bound) {
         (Mode::Detect, Some(b)) => b.high + args.tolerance + Duration::from_secs(2),
         (Mode::Detect, None) => Duration::from_secs(10),
-        (Mode::Fanout, _) => args.duration + FANOUT_DRAIN,
+        (Mode::Fanout | Mode::Chat, _) => args.duration + FANOUT_DRAIN,
         _ => args.duration,
     };
     let listen_window_before = ListenCounters::read();
-    let mut sampler = match args.server_pid {
-        Some(pid) => Sampler::start(pid).ok(),
-        None => None,
-    };
+    let mut sampler = server_before.and_then(|before| NodesSampler::start(before).ok());
     let self_cpu_before = proc::sample(None).ok().map(|s| s.cpu_seconds);
     let window_started = Instant::now();
     shards.send(Command::Go);
@@ -552,6 +574,14 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
                     || (elapsed >= args.duration
                         && t.delivered >= t.published.saturating_mul(t.established))
             }
+            Mode::Chat => {
+                // Past --duration by a margin: a worker process starts its window a moment
+                // after this one and publishes until its own end.
+                elapsed >= window_length
+                    || (elapsed >= args.duration + CHAT_MARGIN
+                        && t.delivered >= t.expected
+                        && t.acked + t.refused >= t.published)
+            }
             Mode::Detect => {
                 elapsed >= window_length
                     || (t.silent > 0
@@ -564,12 +594,13 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
         }
     }
     let window_seconds = window_started.elapsed().as_secs_f64();
-    let server_window = sampler.map(Sampler::finish);
-    if let (Some(pid), Some(w)) = (args.server_pid, &server_window) {
-        if w.exited {
+    let server_window = sampler.map(|s| s.finish(window_seconds));
+    if let Some(m) = &server_window {
+        if m.window.exited {
             warnings.push(format!(
-                "the server process {pid} exited during the window: its figures stop at the \
-                 last reading before that"
+                "a server process ({:?}) exited during the window: its figures stop at the \
+                 last reading before that",
+                args.server_pid
             ));
         }
     }
@@ -621,8 +652,15 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
         listen_overflows: listen_ramp.map(|l| l.overflows),
         listen_drops: listen_ramp.map(|l| l.drops),
     });
-    let server_process = match (args.server_pid, server_before, server_window) {
-        (Some(pid), Some(before), Some(w)) => Some(ServerReport {
+    let server_process = match (args.server_pid.first(), server_window) {
+        (
+            Some(&pid),
+            Some(Measured {
+                before,
+                window: w,
+                nodes,
+            }),
+        ) => Some(ServerReport {
             pid,
             rss_before_kib: before.rss_kib,
             rss_window_kib: w.rss_mean_kib,
@@ -645,6 +683,7 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
             threads: w.threads,
             open_file_limit: server_fd_limit,
             exited: w.exited,
+            nodes,
         }),
         _ => None,
     };
@@ -693,6 +732,24 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
         handshake_ms: latency.summary_ms(),
         listen_overflows: listen_window.map(|l| l.overflows),
     });
+    let chat = (mode == Mode::Chat).then(|| {
+        chat::ChatReport::new(
+            args,
+            &tally,
+            &merge_maps(results.iter().map(|r| &r.errors)),
+            latency.summary_ms(),
+            server_process.as_ref().map(|s| s.cpu_seconds),
+        )
+    });
+    if let Some(c) = &chat {
+        if c.clients < args.connections as u64 {
+            warnings.push(format!(
+                "only {} of {} chat clients were established: rooms are smaller than \
+                 --room-size and `expected` counts deliveries to clients that are not there",
+                c.clients, args.connections
+            ));
+        }
+    }
     if tally.closed_unexpectedly > 0 {
         warnings.push(format!(
             "the server closed {} connections that were answering its pings",
@@ -719,6 +776,7 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
         fanout,
         detect,
         churn,
+        chat,
         bench_cpu_seconds: bench_cpu,
         failures,
         closes,
@@ -805,7 +863,13 @@ mod tests {
 
     #[test]
     fn mode_names_match_serde() {
-        for m in [Mode::Idle, Mode::Fanout, Mode::Detect, Mode::Churn] {
+        for m in [
+            Mode::Idle,
+            Mode::Fanout,
+            Mode::Detect,
+            Mode::Churn,
+            Mode::Chat,
+        ] {
             assert_eq!(serde_json::to_value(m).unwrap(), m.name());
         }
     }

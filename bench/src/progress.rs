@@ -102,6 +102,15 @@ impl Progress {
                 t.early,
                 t.late
             ),
+            Mode::Chat => format!(
+                "{:.1}s  published {}  acked {}  delivered {} of {}  closed {}",
+                elapsed.as_secs_f64(),
+                t.published,
+                t.acked,
+                t.delivered,
+                t.expected,
+                t.closed_unexpectedly
+            ),
             Mode::Churn => format!(
                 "{:.1}s  cycles {}  failed {}",
                 elapsed.as_secs_f64(),

@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+pub use super::chat::ChatReport;
 use super::client::{HeartbeatInfo, Transport};
+pub use super::nodes::NodeReport;
 use super::shard::Tally;
 use super::stats::Percentiles;
 use super::Mode;
@@ -47,6 +49,8 @@ pub struct Report {
     pub detect: Option<DetectReport>,
     /// Churn results.
     pub churn: Option<ChurnReport>,
+    /// Chat results.
+    pub chat: Option<ChatReport>,
     /// CPU seconds the bench's own processes used in the window.
     pub bench_cpu_seconds: Option<f64>,
     /// Failed connection attempts by cause.
@@ -130,6 +134,10 @@ pub struct ServerReport {
     pub open_file_limit: Option<u64>,
     /// The server exited during the window (figures stop at the last reading).
     pub exited: bool,
+    /// Each server process, when --server-pid was given several times (the figures above
+    /// are then sums over them, and `pid` is the first).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeReport>,
 }
 
 /// Fan-out results.
@@ -201,7 +209,7 @@ pub struct ChurnReport {
     pub listen_overflows: Option<u64>,
 }
 
-fn pct(p: &Option<Percentiles>) -> String {
+pub(crate) fn pct(p: &Option<Percentiles>) -> String {
     match p {
         Some(p) => format!(
             "p50 {} · p90 {} · p99 {} · p99.9 {} · max {} ms",
@@ -288,7 +296,7 @@ impl Report {
         }
         let w = &self.window;
         row("window", format!("{:.2} s", w.seconds));
-        if matches!(self.mode, Mode::Idle | Mode::Fanout) {
+        if matches!(self.mode, Mode::Idle | Mode::Fanout | Mode::Chat) {
             row(
                 "heartbeat round trips",
                 format!(
@@ -407,6 +415,14 @@ impl Report {
                     format!("{d:.0} (per user CPU-s {user:.0})"),
                 );
             }
+        }
+        if let Some(c) = &self.chat {
+            for (k, v) in c.rows() {
+                row(&k, v);
+            }
+        }
+        for (k, v) in super::nodes::rows(self.server_process.as_ref().map_or(&[], |s| &s.nodes)) {
+            row(&k, v);
         }
         if let Some(cpu) = self.bench_cpu_seconds {
             row(

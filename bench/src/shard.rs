@@ -7,9 +7,9 @@
 //! plain serde types so that they can cross a pipe as JSON lines:
 //!
 //! 1. **ramp**: open the shard's connections at the paced rate, each completing `hello` (and
-//!    `subscribe` in fan-out) before it counts as established; then report `Ready`.
+//!    `subscribe` in fan-out and chat) before it counts as established; then report `Ready`.
 //! 2. **window** (after `Go`): the measured phase: hold and answer pings (idle), publish and
-//!    receive (fan-out), fall silent (detect) or connect/close in loops (churn).
+//!    receive (fan-out, chat), fall silent (detect) or connect/close in loops (churn).
 //! 3. **stop** (after `Stop`): close everything and report `Done` with counters and
 //!    histograms.
 //!
@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 
 use super::client::{self, Conn, Transport, Welcome};
 use super::stats::Histogram;
-use super::{churn, detect, fanout, idle, Mode};
+use super::{chat, churn, detect, fanout, idle, Mode};
 
 /// Everything a shard needs to know; the coordinator sends it to a worker as its first line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,11 +56,17 @@ pub struct Plan {
     pub sources: Vec<Ipv4Addr>,
     /// Prefix of user names.
     pub user: String,
-    /// Fan-out room.
+    /// Fan-out room; the prefix of the rooms in chat.
     pub room: String,
+    /// Clients per room (chat).
+    #[serde(default)]
+    pub room_size: usize,
+    /// Clients over all shards (chat: the last room may be smaller than `room_size`).
+    #[serde(default)]
+    pub clients: usize,
     /// Padding bytes in each published message.
     pub payload: usize,
-    /// Messages per second per publisher.
+    /// Messages per second per publisher (per client in chat).
     pub publish_rate: f64,
     /// How long publishers publish, milliseconds.
     pub publish_ms: u64,
@@ -150,7 +156,7 @@ macro_rules! tally {
 tally! {
     /// Connection attempts started.
     attempted,
-    /// Connections that completed the handshake (and `subscribe`, in fan-out).
+    /// Connections that completed the handshake (and `subscribe`, in fan-out and chat).
     established,
     /// Attempts that failed (see the failure keys).
     failed,
@@ -164,10 +170,21 @@ tally! {
     round_trips,
     /// Pings received at any time.
     pings,
-    /// Messages published in the window (fan-out).
+    /// Messages published in the window (fan-out, chat).
     published,
-    /// Messages received (fan-out).
+    /// Messages received (fan-out, chat).
     delivered,
+    /// Publishes acknowledged (chat).
+    acked,
+    /// Publishes answered with `error` (chat; see the error codes).
+    refused,
+    /// Deliveries the publishes acknowledged so far should cause: each counts its room's size
+    /// (chat).
+    expected,
+    /// Room seqs a client never received between two it did (chat).
+    seq_holes,
+    /// Messages that arrived out of seq order or twice (chat).
+    seq_disorder,
     /// Connections that fell silent at `Go` (detect).
     silent,
     /// Silent connections closed inside the bound (detect).
@@ -200,6 +217,9 @@ pub struct ShardResult {
     pub failures: BTreeMap<String, u64>,
     /// Connections the server closed, by phase and reason.
     pub closes: BTreeMap<String, u64>,
+    /// `error` frames received in the window, by code (chat).
+    #[serde(default)]
+    pub errors: BTreeMap<String, u64>,
     /// Connect → `welcome` times during the ramp, µs.
     pub connect: Histogram,
     /// Publish → receive (fan-out) or connect → `welcome` (churn), µs.
@@ -240,6 +260,7 @@ pub(crate) struct ShardCtx {
     pub counters: Counters,
     failures: Mutex<BTreeMap<String, u64>>,
     closes: Mutex<BTreeMap<String, u64>>,
+    errors: Mutex<BTreeMap<String, u64>>,
     pub connect: Mutex<Histogram>,
     pub latency: Mutex<Histogram>,
     pub delays: Mutex<Histogram>,
@@ -264,6 +285,7 @@ impl ShardCtx {
             counters: Counters::default(),
             failures: Mutex::default(),
             closes: Mutex::default(),
+            errors: Mutex::default(),
             connect: Mutex::default(),
             latency: Mutex::default(),
             delays: Mutex::default(),
@@ -309,6 +331,11 @@ impl ShardCtx {
         }
     }
 
+    /// Counts an `error` frame with `code`.
+    pub fn error_seen(&self, code: &str) {
+        bump(&self.errors, code.to_owned());
+    }
+
     /// Counts a close seen by a connection, under `key`.
     pub fn close_seen(&self, key: String) {
         bump(&self.closes, key);
@@ -352,6 +379,11 @@ impl ShardCtx {
                 .clone(),
             closes: self
                 .closes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            errors: self
+                .errors
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
@@ -425,6 +457,7 @@ async fn run_connection(ctx: Arc<ShardCtx>, role: Role, slot: Slot) {
         (Mode::Fanout, Role::Publisher(n)) => fanout::publisher(ctx, n, slot).await,
         (Mode::Fanout, Role::Member(i)) => fanout::subscriber(ctx, i, slot).await,
         (Mode::Detect, Role::Member(i)) => detect::silent_client(ctx, i, slot).await,
+        (Mode::Chat, Role::Member(i)) => chat::client(ctx, i, slot).await,
         (_, Role::Member(i)) => idle::client(ctx, i, slot).await,
         (_, Role::Publisher(_)) => drop(slot),
     }

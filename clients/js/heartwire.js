@@ -222,8 +222,9 @@ class Rooms {
           pos.lastSeq = s.seq;
         }
         pos.gapReported = false;
-        // The resubscription that started the fetch lost the old epoch.
-        events.push(subscribed(false));
+        // The resubscription that started the fetch lost the old epoch. Live messages held
+        // past the replay were delivered before it.
+        events.push(['subscribed', { room: s.room, seq: Math.max(s.seq, pos.lastSeq ?? 0), epoch: s.epoch, recovered: false }]);
         return { events, fetch: null };
       }
       // The stream restarted again before the fetch was answered: what was held belongs to

@@ -224,7 +224,8 @@ impl Rooms {
                 pos.gap_reported = false;
                 events.push(ClientEvent::Subscribed {
                     room: s.room,
-                    seq: s.seq,
+                    // Live messages held past the replay were delivered before it.
+                    seq: pos.last_seq.map_or(s.seq, |last| last.max(s.seq)),
                     epoch: s.epoch,
                     // The resubscription that started the fetch lost the old epoch.
                     recovered: Some(false),
@@ -464,6 +465,26 @@ mod tests {
             seqs(&out),
             ["gap4-1", "m1", "m2", "m3", "m4", "subSome(false)", "m5"]
         );
+    }
+
+    #[test]
+    fn subscribed_after_a_fetch_says_where_the_delivered_stream_stands() {
+        let mut rooms = at("e1", 4);
+        let (_, fetch) = restarted(&mut rooms, 2, "e2");
+        assert!(fetch.is_some());
+        rooms.subscribe_args("r");
+        // live 4 overtakes the fetch, whose replay ends at 3 with `subscribed{seq: 3}`
+        for seq in [4, 1, 2, 3] {
+            assert_eq!(rooms.on_message(msg("r", seq)), Delivery::Held);
+        }
+        let events = rooms
+            .on_subscribed(subscribed("r", 3, "e2", Some(true)))
+            .events;
+        assert_eq!(seqs(&events), ["m1", "m2", "m3", "m4", "subSome(false)"]);
+        match events.last() {
+            Some(ClientEvent::Subscribed { seq, .. }) => assert_eq!(*seq, 4),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -525,10 +525,8 @@ impl Hooks {
             let answer = match call {
                 Ok(call) => tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind())
                     .await
-                    .map(|answer| {
-                        answer.unwrap_or_else(|_| Err(HookError::new("the hook panicked")))
-                    }),
-                Err(_) => Ok(Err(HookError::new("the hook panicked"))),
+                    .map(|answer| answer.unwrap_or_else(|_| Err(hook_panicked()))),
+                Err(_) => Ok(Err(hook_panicked())),
             };
             let outcome = match answer {
                 Ok(Ok(decision)) => Outcome::Decided(decision),
@@ -647,4 +645,11 @@ impl ServerBuilder {
     {
         self.hook::<SendRequest>(FnHook(hook))
     }
+}
+
+/// A hook's caught panic as a failure. The record the panic left on this thread is taken
+/// here, so that the next session to stop on it is not taken for a crash.
+fn hook_panicked() -> HookError {
+    let message = crate::panics::take().unwrap_or_default();
+    HookError::new(format!("the hook panicked: {message}"))
 }

@@ -473,6 +473,50 @@ impl Outbound<'_> {
     }
 }
 
+/// Longest `error.message` text sent, in bytes before JSON escaping: it may quote the input.
+const MAX_ERROR_TEXT: usize = 256;
+
+/// An `error` frame that fits in `max_frame`: the text is cut (at a character boundary) to
+/// [`MAX_ERROR_TEXT`], and further, after dropping the `id`, when the line would still be
+/// longer than the `max_frame` the server announced.
+pub(crate) fn error_line(
+    code: ErrorCode,
+    message: &str,
+    id: Option<&str>,
+    max_frame: usize,
+) -> Bytes {
+    let mut message = clip(message, MAX_ERROR_TEXT);
+    let line = Outbound::Error { code, message, id }.encode();
+    if line.len() <= max_frame {
+        return line;
+    }
+    loop {
+        let line = Outbound::Error {
+            code,
+            message,
+            id: None,
+        }
+        .encode();
+        let over = line.len().saturating_sub(max_frame);
+        if over == 0 || message.is_empty() {
+            return line;
+        }
+        message = clip(message, message.len().saturating_sub(over));
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends at a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The longest the `message` frame for this room (or direct, without one), sender, payload
 /// and id can be on the wire, newline included: with the largest possible `seq`. A server
 /// that announced `max_frame` refuses a publish or send whose message would be longer.
@@ -564,6 +608,22 @@ pub fn encode_line<T: Serialize + ?Sized>(value: &T) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn error_frames_fit_in_max_frame() {
+        let long = "é\u{0}x".repeat(400);
+        let id = "i".repeat(128);
+        let line = super::error_line(super::ErrorCode::BadRequest, &long, Some(&id), 65536);
+        let frame: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert!(frame["message"].as_str().unwrap().len() <= super::MAX_ERROR_TEXT);
+        assert_eq!(frame["id"], id.as_str());
+        for max_frame in [64, 100, 256, 300, 1024] {
+            let line = super::error_line(super::ErrorCode::BadRequest, &long, Some(&id), max_frame);
+            assert!(line.len() <= max_frame, "{max_frame}: {} bytes", line.len());
+            let frame: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(frame["code"], "bad_request");
+        }
+    }
+
     use super::*;
 
     #[test]

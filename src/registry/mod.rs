@@ -112,6 +112,8 @@ pub(crate) struct RegistryLimits {
     pub(crate) max_sessions_per_user: usize,
     /// Rooms one session may be subscribed to.
     pub(crate) max_rooms_per_session: usize,
+    /// The longest frame sessions announced (error frames are cut to fit).
+    pub(crate) max_frame: usize,
 }
 
 impl Default for RegistryLimits {
@@ -119,6 +121,7 @@ impl Default for RegistryLimits {
         RegistryLimits {
             max_sessions_per_user: 0,
             max_rooms_per_session: usize::MAX,
+            max_frame: usize::MAX,
         }
     }
 }
@@ -132,7 +135,12 @@ pub struct Registry {
     sweep_interval: std::time::Duration,
     sessions: HashMap<SessionId, Entry>,
     users: HashMap<UserName, SmallSet<SessionId>>,
+    /// Users with a session between its `Identify` and its admission: their channel stays
+    /// wanted even when no admitted session of theirs is left here.
+    identifying: HashMap<UserName, usize>,
     rooms: HashMap<RoomName, Room>,
+    /// The generation of the latest room created.
+    room_generations: u64,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
     metrics: Arc<Metrics>,
@@ -155,7 +163,9 @@ impl Registry {
             sweep_interval,
             sessions: HashMap::new(),
             users: HashMap::new(),
+            identifying: HashMap::new(),
             rooms: HashMap::new(),
+            room_generations: 0,
             draining: false,
             drained: Vec::new(),
             metrics: Arc::new(Metrics::new()),
@@ -242,12 +252,7 @@ impl Registry {
     }
 
     fn push_error(&self, id: SessionId, code: ErrorCode, message: &str, frame_id: Option<&str>) {
-        let frame = Outbound::Error {
-            code,
-            message,
-            id: frame_id,
-        }
-        .encode();
+        let frame = crate::protocol::error_line(code, message, frame_id, self.limits.max_frame);
         self.push_to(id, frame);
     }
 
@@ -280,7 +285,7 @@ impl Registry {
                 set.remove(&id);
                 if set.is_empty() {
                     self.users.remove(user);
-                    self.broker.unsubscribe_user(user);
+                    self.release_user_channel(user);
                 }
             }
         }
@@ -487,7 +492,8 @@ impl Handler<Connect> for Registry {
     }
 }
 
-/// A session completed its handshake as `user`.
+/// A session completed its handshake as `user`. Once admitted, the registry queues its
+/// `welcome` in the same turn as it indexes the user, so no direct message precedes it.
 #[derive(Message)]
 #[rtype(result = "Result<(), RegistryError>")]
 pub(crate) struct Identify {
@@ -495,6 +501,8 @@ pub(crate) struct Identify {
     pub(crate) id: SessionId,
     /// The user it belongs to.
     pub(crate) user: UserName,
+    /// The encoded `welcome` frame.
+    pub(crate) welcome: Bytes,
 }
 
 impl Handler<Identify> for Registry {
@@ -507,39 +515,86 @@ impl Handler<Identify> for Registry {
         if !self.sessions.contains_key(&msg.id) {
             return Box::pin(actix::fut::ready(Err(RegistryError::UnknownSession)));
         }
-        let max = self.limits.max_sessions_per_user;
-        let member = self.member_key(msg.id);
-        let claim = self.broker.claim_session(&msg.user, &member, max);
-        Box::pin(claim.into_actor(self).map(move |claimed, act, _| {
-            match claimed {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::info!(user = %msg.user, max, "session refused: max_sessions_per_user reached");
-                    act.metrics.limit_hit(Limit::MaxSessionsPerUser);
-                    return Err(RegistryError::UserLimit);
+        // First the node hears the user's direct messages from other nodes, then it claims
+        // the session: a `send` counted in `ack.delivered` reaches it. Asked for every
+        // session, not only the user's first here, whose subscription may still be pending.
+        *self.identifying.entry(msg.user.clone()).or_default() += 1;
+        let subscribed = self.broker.subscribe_user(&msg.user);
+        Box::pin(
+            async move {
+                if let Err(error) = subscribed.await {
+                    // Still wanted: the subscription is made when the store is back.
+                    tracing::warn!(user = %msg.user, %error, "user subscription not confirmed");
                 }
-                Err(error) => return Err(error.into()),
+                msg
             }
-            let Some(entry) = act.sessions.get_mut(&msg.id) else {
-                // It left while the claim was in flight.
-                act.broker.release_session(&msg.user, &member);
-                return Err(RegistryError::UnknownSession);
-            };
-            entry.user = Some(msg.user.clone());
-            act.add_user(msg.id, msg.user);
-            Ok(())
-        }))
+            .into_actor(self)
+            .then(|msg, act, _| {
+                let max = act.limits.max_sessions_per_user;
+                let member = act.member_key(msg.id);
+                act.broker
+                    .claim_session(&msg.user, &member, max)
+                    .into_actor(act)
+                    .map(move |claimed, act, _| {
+                        let user = msg.user.clone();
+                        let admitted = act.admit(claimed, msg, member, max);
+                        if let Some(count) = act.identifying.get_mut(&user) {
+                            *count -= 1;
+                            if *count == 0 {
+                                act.identifying.remove(&user);
+                            }
+                        }
+                        act.release_user_channel(&user);
+                        admitted
+                    })
+            }),
+        )
     }
 }
 
 impl Registry {
-    /// Indexes a session under its user; the node starts receiving the user's direct
-    /// messages from other nodes with its first session.
-    fn add_user(&mut self, id: SessionId, user: UserName) {
-        if !self.users.contains_key(&user) {
-            self.spawn_broker_call(self.broker.subscribe_user(&user), "user subscribe");
+    /// Records the outcome of a session's claim: admitted (indexed under its user, its
+    /// `welcome` queued), or why not.
+    fn admit(
+        &mut self,
+        claimed: Result<bool, BrokerError>,
+        msg: Identify,
+        member: String,
+        max: usize,
+    ) -> Result<(), RegistryError> {
+        match claimed {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(user = %msg.user, max, "session refused: max_sessions_per_user reached");
+                self.metrics.limit_hit(Limit::MaxSessionsPerUser);
+                return Err(RegistryError::UserLimit);
+            }
+            Err(error) => return Err(error.into()),
         }
-        self.users.entry(user).or_default().insert(id);
+        let Some(entry) = self.sessions.get_mut(&msg.id) else {
+            // It left while the claim was in flight.
+            self.broker.release_session(&msg.user, &member);
+            return Err(RegistryError::UnknownSession);
+        };
+        entry.user = Some(msg.user.clone());
+        entry.outbox.push(msg.welcome);
+        self.index_user(msg.id, msg.user);
+        Ok(())
+    }
+
+    /// Indexes a session under its user; true for the user's first session on this node.
+    fn index_user(&mut self, id: SessionId, user: UserName) -> bool {
+        let sessions = self.users.entry(user).or_default();
+        sessions.insert(id);
+        sessions.len() == 1
+    }
+
+    /// The node stops listening to a user's channel once no session of theirs is here or
+    /// on its way in.
+    fn release_user_channel(&mut self, user: &UserName) {
+        if !self.users.contains_key(user) && !self.identifying.contains_key(user) {
+            self.broker.unsubscribe_user(user);
+        }
     }
 }
 
@@ -593,7 +648,9 @@ impl Handler<Rejoin> for Registry {
             if let Some(entry) = self.sessions.get_mut(&id) {
                 entry.user = Some(user.clone());
                 // Not claimed again: the session was admitted, and the broker keeps claims.
-                self.add_user(id, user);
+                if self.index_user(id, user.clone()) {
+                    self.spawn_broker_call(self.broker.subscribe_user(&user), "user subscribe");
+                }
             }
         }
         for (room, cursor) in rooms {

@@ -61,6 +61,8 @@ pub(super) struct Joiner {
     /// What arrived since the read was issued, by seq.
     buffer: BTreeMap<u64, Held>,
     overflowed: bool,
+    /// `subscribed` was sent: what follows reaches the client as live messages.
+    announced: bool,
     /// The read was issued (the node receives the room's publications).
     reading: bool,
 }
@@ -80,6 +82,7 @@ impl Joiner {
             reply,
             buffer: BTreeMap::new(),
             overflowed: false,
+            announced: false,
             reading: false,
         }
     }
@@ -100,6 +103,9 @@ pub(super) struct Room {
     filling: bool,
     /// Acks waiting for their message to be fanned out: (seq, session, ack frame).
     acks: Vec<(u64, SessionId, Bytes)>,
+    /// Tells this room from an earlier one of the same name, forgotten while a broker call
+    /// it made was in flight: such a call's answer is not for this room.
+    generation: u64,
 }
 
 impl Room {
@@ -120,7 +126,12 @@ impl Registry {
         joiner: Joiner,
     ) {
         let first = !self.rooms.contains_key(&room);
-        let state = self.rooms.entry(room.clone()).or_default();
+        self.room_generations += 1;
+        let generation = self.room_generations;
+        let state = self.rooms.entry(room.clone()).or_insert_with(|| Room {
+            generation,
+            ..Room::default()
+        });
         state.joiners.insert(id, joiner);
         if first {
             let subscribe = self.broker.subscribe_room(&room);
@@ -128,6 +139,7 @@ impl Registry {
                 subscribe
                     .into_actor(self)
                     .map(move |result, act, ctx| match result {
+                        _ if !act.room_is(&room, generation) => {}
                         Ok(()) => {
                             if let Some(state) = act.rooms.get_mut(&room) {
                                 state.live = true;
@@ -167,10 +179,12 @@ impl Registry {
         since: Option<u64>,
         epoch: Option<String>,
     ) {
+        let generation = self.rooms.get(&room).map(|r| r.generation);
         let read = self.broker.history(&room, since, epoch.as_deref());
         ctx.spawn(
             read.into_actor(self)
                 .map(move |result, act, ctx| match result {
+                    _ if generation.is_none_or(|g| !act.room_is(&room, g)) => {}
                     Ok(history) => act.joined(ctx, &room, id, history),
                     Err(error) => {
                         if let Some(joiner) = act.take_joiner(&room, id) {
@@ -180,6 +194,13 @@ impl Registry {
                     }
                 }),
         );
+    }
+
+    /// Whether `room` is still the one of `generation`.
+    fn room_is(&self, room: &RoomName, generation: u64) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.generation == generation)
     }
 
     fn take_joiner(&mut self, room: &RoomName, id: SessionId) -> Option<Joiner> {
@@ -209,7 +230,10 @@ impl Registry {
             Some(since) if wanted_epoch_ok && since <= history.top => since,
             _ => history.top,
         };
-        if joiner.rejoin.is_some() && (!history.complete || joiner.overflowed) {
+        // A session whose stream already goes on (a rejoin, or a joiner told `subscribed`
+        // before a second read) cannot take a hole: it resyncs.
+        let continuing = joiner.rejoin.is_some() || joiner.announced;
+        if continuing && (!history.complete || joiner.overflowed) {
             return self.resync_one(room, id, &outbox);
         }
         for (seq, frame) in &history.entries {
@@ -219,6 +243,22 @@ impl Registry {
             }
         }
         last = last.max(history.top);
+        if joiner.rejoin.is_none() && !joiner.announced {
+            // `subscribed` goes right after the replay, before what arrived meanwhile: a client
+            // reads everything before it as the epoch it asked for, so a message of another
+            // epoch must not precede it.
+            let recovered = joiner.since.map(|_| history.complete && wanted_epoch_ok);
+            outbox.push(
+                Outbound::Subscribed {
+                    room,
+                    seq: last,
+                    epoch: &history.epoch,
+                    recovered,
+                }
+                .encode(),
+            );
+            joiner.announced = true;
+        }
         // What arrived while the read was in flight, after what the read covered.
         let mut gap = false;
         for (seq, held) in std::mem::take(&mut joiner.buffer) {
@@ -260,19 +300,7 @@ impl Registry {
                 cursor.advance(last);
                 cursor
             }
-            None => {
-                let recovered = joiner.since.map(|_| history.complete && wanted_epoch_ok);
-                outbox.push(
-                    Outbound::Subscribed {
-                        room,
-                        seq: last,
-                        epoch: &history.epoch,
-                        recovered,
-                    }
-                    .encode(),
-                );
-                RoomCursor::new(history.epoch.clone(), last)
-            }
+            None => RoomCursor::new(history.epoch.clone(), last),
         };
         self.become_member(room, id, outbox, user, cursor.clone());
         if let Some(reply) = joiner.reply.take() {
@@ -406,13 +434,16 @@ impl Registry {
             return;
         }
         state.filling = true;
+        let generation = state.generation;
         self.metrics.room_filled();
         let room = room.clone();
         let read = self.broker.history(&room, Some(top), Some(&epoch));
         ctx.spawn(read.into_actor(self).map(move |result, act, ctx| {
-            if let Some(state) = act.rooms.get_mut(&room) {
-                state.filling = false;
-            }
+            let Some(state) = act.rooms.get_mut(&room).filter(|r| r.generation == generation)
+            else {
+                return;
+            };
+            state.filling = false;
             match result {
                 Ok(history) if history.complete && history.epoch == epoch => {
                     for (seq, frame) in history.entries {

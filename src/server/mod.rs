@@ -207,6 +207,7 @@ impl ServerBuilder {
                     .with_limits(RegistryLimits {
                         max_sessions_per_user: registry_config.limits.max_sessions_per_user,
                         max_rooms_per_session: registry_config.limits.max_rooms_per_session,
+                        max_frame: registry_config.max_frame,
                     })
                     .with_metrics(registry_metrics.clone())
                     .with_presence_events(registry_config.presence_events.clone())

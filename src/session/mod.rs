@@ -458,8 +458,9 @@ impl Session {
 
     /// Queues an `error` frame.
     pub fn send_error(&self, code: ErrorCode, message: &str, id: Option<&str>) -> bool {
+        let max_frame = self.shared.config.max_frame;
         self.outbox
-            .push(Outbound::Error { code, message, id }.encode())
+            .push(crate::protocol::error_line(code, message, id, max_frame))
     }
 
     /// Closes the connection with `bye{reason}`, after what is already queued.
@@ -500,6 +501,18 @@ impl Session {
         Registry: Handler<M>,
         F: FnOnce(&mut Self, &mut Context<Self>, M::Result) + 'static,
     {
+        self.ask_for(ctx, msg, None, then);
+    }
+
+    /// [`ask`](Self::ask) for a client frame with an `id`: when the registry cannot be reached
+    /// (it crashed with the request in its mailbox), the `error` frame names that `id`.
+    fn ask_for<M, F>(&mut self, ctx: &mut Context<Self>, msg: M, id: Option<FrameId>, then: F)
+    where
+        M: Message + std::marker::Send + 'static,
+        M::Result: std::marker::Send,
+        Registry: Handler<M>,
+        F: FnOnce(&mut Self, &mut Context<Self>, M::Result) + 'static,
+    {
         self.sync_registry(ctx);
         let request = self.registry.send(msg);
         ctx.wait(
@@ -510,7 +523,11 @@ impl Session {
                     Err(e) => {
                         tracing::warn!(parent: &act.span, session = %act.wire_id, error = %e, "registry unreachable");
                         act.registry_lost.get_or_insert_with(Instant::now);
-                        act.send_error(ErrorCode::Internal, "registry unavailable", None);
+                        act.send_error(
+                            ErrorCode::Internal,
+                            "registry unavailable",
+                            id.as_deref(),
+                        );
                     }
                 }),
         );
@@ -759,7 +776,10 @@ impl Session {
                     id: p.id.map(FrameId::checked),
                 };
                 // The registry queues the ack or the error itself.
-                self.gate(ctx, msg, |act, ctx, msg| act.ask(ctx, msg, |_, _, _| {}));
+                self.gate(ctx, msg, |act, ctx, msg| {
+                    let id = msg.id.clone();
+                    act.ask_for(ctx, msg, id, |_, _, _| {});
+                });
             }
             Inbound::Send(s) => {
                 let to = UserName::checked(s.to);
@@ -777,7 +797,10 @@ impl Session {
                     data: s.data.to_owned(),
                     id: s.id.map(FrameId::checked),
                 };
-                self.gate(ctx, msg, |act, ctx, msg| act.ask(ctx, msg, |_, _, _| {}));
+                self.gate(ctx, msg, |act, ctx, msg| {
+                    let id = msg.id.clone();
+                    act.ask_for(ctx, msg, id, |_, _, _| {});
+                });
             }
             Inbound::Bye(bye) => {
                 tracing::debug!(parent: &self.span, reason = ?bye.reason, "client said bye");
@@ -868,10 +891,11 @@ impl Session {
         let msg = registry::Identify {
             id: self.id,
             user: user.clone(),
+            welcome: self.welcome_frame(&user, interval),
         };
         self.ask(ctx, msg, move |act, ctx, result| match result {
             Ok(()) => {
-                act.welcome(user, interval, ctx);
+                act.welcomed(user, interval, ctx);
                 if let Some(expires_in) = expires_in {
                     ctx.run_later(expires_in, |act, _| {
                         tracing::info!(parent: &act.span, session = %act.wire_id, "token expired");
@@ -908,23 +932,27 @@ impl Session {
     }
 
     /// Completes the handshake with the heartbeat `interval` granted to this client.
-    fn welcome(&mut self, user: UserName, interval: Duration, ctx: &mut Context<Self>) {
-        if let Some(timer) = self.handshake_timer.take() {
-            ctx.cancel_future(timer);
-        }
-        self.span.record("user", &*user);
+    fn welcome_frame(&self, user: &UserName, interval: Duration) -> Bytes {
         let config = &self.shared.config;
-        let welcome = Outbound::Welcome {
+        Outbound::Welcome {
             session: &self.wire_id,
-            user: &user,
+            user,
             heartbeat: HeartbeatInfo {
                 interval_ms: interval.as_millis() as u64,
                 max_missed: config.max_missed,
             },
             max_frame: config.max_frame,
             server: &config.server_name,
-        };
-        self.outbox.push(welcome.encode());
+        }
+        .encode()
+    }
+
+    /// The registry admitted the session and queued its `welcome`.
+    fn welcomed(&mut self, user: UserName, interval: Duration, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.handshake_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        self.span.record("user", &*user);
         tracing::debug!(parent: &self.span, "welcome");
         self.user = Some(user);
         self.start_heartbeat(interval, ctx);

@@ -28,7 +28,7 @@ fn args(mode: Mode, server: &heartwire::ServerHandle) -> BenchArgs {
 async fn idle_holds_and_answers_pings_and_samples_the_server() {
     let server = server();
     let mut a = args(Mode::Idle, &server);
-    a.server_pid = Some(std::process::id());
+    a.server_pid = vec![std::process::id()];
     let report = bench::run(&a).await.expect("bench runs");
     let ramp = report.ramp.as_ref().expect("ramp");
     assert_eq!(ramp.established, 20, "{}", report.table());
@@ -56,6 +56,41 @@ async fn fanout_delivers_every_message_with_latency() {
     assert_eq!(f.missing, 0);
     let latency = f.latency_ms.as_ref().expect("latency samples");
     assert_eq!(latency.count, f.delivered);
+}
+
+/// 22 clients in rooms of 5 (the last room has 2), each publishing: every publish acked, every
+/// member of the publisher's room (the publisher too) gets it, in seq order.
+#[actix_rt::test]
+async fn chat_delivers_every_publish_to_its_room() {
+    let server = server();
+    let mut a = args(Mode::Chat, &server);
+    a.connections = 22;
+    a.room_size = 5;
+    a.rate = 4.0;
+    a.server_pid = vec![std::process::id()];
+    let report = bench::run(&a).await.expect("bench runs");
+    let c = report.chat.as_ref().expect("chat");
+    assert_eq!((c.clients, c.rooms), (22, 5), "{}", report.table());
+    // 1.2 s at 4/s: 4 or 5 publishes per client.
+    assert!(c.published >= 22 * 4, "{}", report.table());
+    assert_eq!(
+        (c.acked, c.refused, c.unanswered),
+        (c.published, 0, 0),
+        "{}",
+        report.table()
+    );
+    // Each publish reaches its room: 5 members, or 2 in the last room.
+    assert!(c.expected > c.published * 2 && c.expected <= c.published * 5);
+    assert_eq!(
+        (c.delivered, c.missing),
+        (c.expected, 0),
+        "{}",
+        report.table()
+    );
+    assert_eq!((c.seq_holes, c.seq_disorder), (0, 0), "{}", report.table());
+    assert_eq!(c.latency_ms.as_ref().expect("latency").count, c.delivered);
+    assert!(c.deliveries_per_cpu_second.is_some());
+    assert_eq!(report.window.closed_unexpectedly, 0, "{}", report.table());
 }
 
 #[actix_rt::test]

@@ -1,60 +1,15 @@
 //! The `heartwire` binary: flags, environment, config file, validation errors, `--help`,
 //! and a graceful exit on SIGTERM. Runs the real executable and talks to it over TCP.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// Longest wait for anything; generous for a loaded 2-core machine.
-const PATIENCE: Duration = Duration::from_secs(10);
-
-/// Kills and reaps the child when a test ends, failed or not.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl ChildGuard {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    /// Waits for the exit, at most `wait`.
-    fn wait_exit(&mut self, wait: Duration) -> Option<ExitStatus> {
-        let until = Instant::now() + wait;
-        loop {
-            if let Some(status) = self.0.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if Instant::now() >= until {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-/// `heartwire serve ARGS` with `env` and no inherited `HEARTWIRE_*` variables.
-fn serve_command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_heartwire"));
-    cmd.arg("serve").args(args).stdin(Stdio::null());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("HEARTWIRE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    cmd
-}
+use crate::common::process::{self, serve_command, ChildGuard, TempFile};
+use crate::common::PATIENCE;
 
 /// A running server process and the address it announced on stdout.
 struct Running {
@@ -63,68 +18,17 @@ struct Running {
 }
 
 fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> Running {
-    let mut child = ChildGuard(
-        serve_command(args, env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn heartwire"),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    // Reads stdout to the end so the child never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let until = Instant::now() + PATIENCE;
-    let addr = loop {
-        let left = until.saturating_duration_since(Instant::now());
-        let line = match rx.recv_timeout(left) {
-            Ok(line) => line,
-            Err(e) => panic!(
-                "no `listening on` line ({e:?}); exit status {:?}",
-                child.0.try_wait()
-            ),
-        };
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.trim().parse().expect("address after `listening on`");
-        }
-    };
+    let mut child = ChildGuard::spawn(serve_command(args, env).stderr(Stdio::null()));
+    let lines = child.stdout_lines();
+    let addr = child.announced(&lines, "listening on ");
     Running { child, addr }
 }
 
 /// Runs `heartwire serve ARGS` expecting it to exit by itself; returns (status, stdout, stderr).
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
-    let mut child = ChildGuard(
-        serve_command(args, env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn heartwire"),
-    );
-    let status = child
-        .wait_exit(PATIENCE)
-        .unwrap_or_else(|| panic!("`serve {args:?}` did not exit"));
-    let mut out = String::new();
-    let mut err = String::new();
-    child
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status, out, err)
+    let out = process::run_to_exit(serve_command(args, env));
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8 output");
+    (out.status, text(out.stdout), text(out.stderr))
 }
 
 /// A blocking line client.
@@ -187,28 +91,6 @@ impl LineClient {
             }
             return Some(frame);
         }
-    }
-}
-
-/// A config file removed when the test ends.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str, text: &str) -> TempFile {
-        let path =
-            std::env::temp_dir().join(format!("heartwire-cli-{}-{name}.toml", std::process::id()));
-        std::fs::write(&path, text).expect("write config file");
-        TempFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -287,7 +169,7 @@ fn invalid_flag_value_is_named_and_fails() {
 #[test]
 fn unknown_config_file_key_is_named_and_fails() {
     let file = TempFile::new(
-        "unknown-key",
+        "unknown-key.toml",
         "listen = \"127.0.0.1:0\"\nheartbeat_intervall = \"300ms\"\n",
     );
     let (status, _, stderr) = run_to_exit(&["--config", file.path()], &[]);
@@ -304,7 +186,7 @@ fn welcome_of(args: &[&str], env: &[(&str, &str)]) -> Value {
 #[test]
 fn config_file_is_honoured() {
     let file = TempFile::new(
-        "honoured",
+        "honoured.toml",
         "listen = \"127.0.0.1:0\"\nheartbeat_interval = \"300ms\"\nmax_missed = 3\n",
     );
     let welcome = welcome_of(&["--config", file.path()], &[]);
@@ -324,7 +206,7 @@ fn environment_is_honoured_and_flags_beat_it() {
 
     // The environment beats the config file, which beats the defaults.
     let file = TempFile::new(
-        "precedence",
+        "precedence.toml",
         "listen = \"127.0.0.1:0\"\nmax_frame = 1024\nheartbeat_interval = \"300ms\"\n",
     );
     let welcome = welcome_of(&["--config", file.path()], &env);

@@ -4,10 +4,26 @@
 use std::time::Duration;
 
 use crate::client_support::*;
-use heartwire::client::{Client, ClientError, ClientEvent};
+use heartwire::client::{Client, ClientError, ClientEvent, Pending, PublishAck};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
+
+/// The ids of `pending` publishes and, once each is acknowledged, their seqs, in order.
+async fn acknowledged(pending: Vec<Pending<PublishAck>>) -> (Vec<String>, Vec<u64>) {
+    let ids = pending.iter().map(|p| p.id().to_owned()).collect();
+    let mut seqs = Vec::new();
+    for p in pending {
+        seqs.push(
+            tokio::time::timeout(PATIENCE, p)
+                .await
+                .expect("acked")
+                .unwrap()
+                .seq,
+        );
+    }
+    (ids, seqs)
+}
 
 fn numbers(messages: &[Value]) -> Vec<u64> {
     messages
@@ -52,17 +68,7 @@ async fn publishes_queued_while_offline_are_delivered_exactly_once() {
     assert_eq!(status.pending, 25);
 
     let server = restart_server(server_config(), addr).await;
-    let ids: Vec<String> = pending.iter().map(|p| p.id().to_owned()).collect();
-    let mut seqs = Vec::new();
-    for p in pending {
-        seqs.push(
-            tokio::time::timeout(PATIENCE, p)
-                .await
-                .expect("acked")
-                .unwrap()
-                .seq,
-        );
-    }
+    let (ids, seqs) = acknowledged(pending).await;
     assert_eq!(seqs, (1..=25).collect::<Vec<_>>());
 
     let mut observer = Raw::hello(addr, "observer").await;
@@ -208,17 +214,7 @@ async fn publishing_through_cuts_is_exactly_once() {
             assert_eq!(kicked, 1);
         }
     }
-    let ids: Vec<String> = pending.iter().map(|p| p.id().to_owned()).collect();
-    let mut seqs = Vec::new();
-    for p in pending {
-        seqs.push(
-            tokio::time::timeout(PATIENCE, p)
-                .await
-                .expect("acked")
-                .unwrap()
-                .seq,
-        );
-    }
+    let (ids, seqs) = acknowledged(pending).await;
     assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
     assert_eq!(client.status().await.unwrap().connections, 3, "cut twice");
 

@@ -124,13 +124,7 @@ async fn the_client_asks_for_its_heartbeat_interval() {
         client_config(server.local_addr(), "battery").heartbeat(Duration::from_millis(200));
     let (_client, mut events) = Client::start(config);
     connected(&mut events).await;
-    let page = server
-        .connections(heartwire::ConnectionQuery {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let page = crate::common::first_connections(&server).await;
     let dead_in = page.connections[0].dead_in_ms.expect("heartbeat running");
     assert!(
         dead_in <= 600,
@@ -138,13 +132,7 @@ async fn the_client_asks_for_its_heartbeat_interval() {
     );
     // Several granted intervals later the client (answering pings) is still connected.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let page = server
-        .connections(heartwire::ConnectionQuery {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let page = crate::common::first_connections(&server).await;
     assert_eq!(page.connections.len(), 1);
     assert!(
         page.connections[0].last_rtt.is_some(),

@@ -7,6 +7,17 @@ use crate::client_support::*;
 use heartwire::client::{BackoffConfig, Client, ClientEvent, DisconnectReason};
 use serde_json::json;
 
+/// A backoff doubling from `initial` up to `cap`, reset only after 30 s connected (longer
+/// than any test here).
+fn doubling(initial: Duration, cap: Duration) -> BackoffConfig {
+    BackoffConfig {
+        initial,
+        factor: 2.0,
+        cap,
+        reset_after: Duration::from_secs(30),
+    }
+}
+
 /// Kill the server (graceful shutdown), keep it down for a while, start it again on the same
 /// port: the client comes back by itself, with delays that follow the backoff, and reports
 /// the room's new epoch as a gap instead of pretending nothing was missed.
@@ -15,12 +26,7 @@ async fn server_restart_on_the_same_port_client_returns_following_the_backoff() 
     let server = start_server(server_config());
     let addr = server.local_addr();
     let mut config = client_config(addr, "phoenix");
-    config.backoff = BackoffConfig {
-        initial: Duration::from_millis(100),
-        factor: 2.0,
-        cap: Duration::from_millis(800),
-        reset_after: Duration::from_secs(30),
-    };
+    config.backoff = doubling(Duration::from_millis(100), Duration::from_millis(800));
     let backoff = config.backoff;
     let (client, mut events) = Client::start(config);
     client.subscribe("r").await.unwrap();
@@ -250,12 +256,7 @@ async fn hundred_clients_cut_at_once_reconnect_spread_over_time() {
     let mut handles = Vec::new();
     for _ in 0..N {
         let mut config = client_config(addr, "herd");
-        config.backoff = BackoffConfig {
-            initial: Duration::from_millis(1000),
-            factor: 2.0,
-            cap: Duration::from_secs(4),
-            reset_after: Duration::from_secs(30),
-        };
+        config.backoff = doubling(Duration::from_millis(1000), Duration::from_secs(4));
         let (client, mut events) = Client::start(config);
         handles.push(client);
         let done = done_tx.clone();

@@ -25,6 +25,14 @@ fn roomy_client(addr: SocketAddr, user: &str) -> ClientConfig {
     c
 }
 
+/// Test server settings with room for `history_size` messages per room.
+fn keeping(history_size: usize) -> Config {
+    Config {
+        history_size,
+        ..server_config()
+    }
+}
+
 /// A server, Alice connected to it directly, Bob through a gate.
 struct Scene {
     server: Option<ServerHandle>,
@@ -66,40 +74,28 @@ impl Scene {
         }
     }
 
-    /// Restarts the server on the same port with Bob held off; returns once Alice is back
-    /// and resubscribed to every room.
-    async fn restart(&mut self) {
+    /// Restarts the server on the same port with Bob held off; returns once the new server
+    /// listens, whether Alice is back or not.
+    async fn replace_server(&mut self) {
         self.gate.close();
         if let Some(server) = self.server.take() {
             assert!(server.shutdown().await, "server drained");
         }
         self.server = Some(restart_server(self.config.clone(), self.addr).await);
-        wait_for(&mut self.alice_events, "alice back", |e| {
-            matches!(
-                e,
-                ClientEvent::Connected {
-                    reconnects: 1..,
-                    ..
-                }
-            )
-        })
-        .await;
+    }
+
+    /// Restarts the server on the same port with Bob held off; returns once Alice is back
+    /// and resubscribed to every room.
+    async fn restart(&mut self) {
+        self.replace_server().await;
+        reconnected(&mut self.alice_events, "alice back").await;
         subscribed_to_all(&mut self.alice_events, &self.rooms).await;
     }
 
     /// Lets Bob back in; returns his events up to his `subscribed` in every room.
     async fn bob_returns(&mut self) -> Vec<ClientEvent> {
         self.gate.open();
-        let (back, mut events) = wait_for(&mut self.bob_events, "bob back", |e| {
-            matches!(
-                e,
-                ClientEvent::Connected {
-                    reconnects: 1..,
-                    ..
-                }
-            )
-        })
-        .await;
+        let (back, mut events) = reconnected(&mut self.bob_events, "bob back").await;
         events.push(back);
         events.extend(subscribed_to_all(&mut self.bob_events, &self.rooms).await);
         events
@@ -120,6 +116,18 @@ impl Scene {
         self.alice.publish(room, &data).await.expect("acked").seq
     }
 
+    /// Asserts that Bob gets no further message or gap (nothing twice, nothing late), then
+    /// closes everything.
+    async fn finish_with_nothing_more_for_bob(mut self) {
+        expect_none(
+            &mut self.bob_events,
+            Duration::from_millis(300),
+            is_room_event,
+        )
+        .await;
+        self.finish().await;
+    }
+
     async fn finish(self) {
         self.alice.close().await;
         self.bob.close().await;
@@ -127,6 +135,20 @@ impl Scene {
             server.shutdown().await;
         }
     }
+}
+
+/// Waits for a `Connected` after a reconnect; returns it and the events before it.
+async fn reconnected(events: &mut Events, what: &str) -> (ClientEvent, Vec<ClientEvent>) {
+    wait_for(events, what, |e| {
+        matches!(
+            e,
+            ClientEvent::Connected {
+                reconnects: 1..,
+                ..
+            }
+        )
+    })
+    .await
 }
 
 /// Waits for `subscribed` in every room, in any order; returns the events up to the last.
@@ -213,13 +235,7 @@ async fn bob_gets_seq_1_of_the_new_epoch_once_after_the_gap() {
     let gap = gap.expect("a gap");
     assert_ne!(gap.previous_epoch, gap.epoch);
     // Nothing comes twice later either.
-    expect_none(
-        &mut scene.bob_events,
-        Duration::from_millis(300),
-        is_room_event,
-    )
-    .await;
-    scene.finish().await;
+    scene.finish_with_nothing_more_for_bob().await;
 }
 
 /// Several rooms at once: each gets its own gap, then its own retained messages, in order;
@@ -287,27 +303,14 @@ async fn every_room_gets_its_gap_then_its_retained_messages() {
         ],
         "{events:#?}"
     );
-    expect_none(
-        &mut scene.bob_events,
-        Duration::from_millis(300),
-        is_room_event,
-    )
-    .await;
-    scene.finish().await;
+    scene.finish_with_nothing_more_for_bob().await;
 }
 
 /// The new epoch already holds more than `history_size` messages: Bob gets what is retained,
 /// preceded by a second gap (in the new epoch) for the seqs the server no longer has.
 #[actix_rt::test]
 async fn a_new_epoch_past_history_size_is_a_second_gap_then_what_is_retained() {
-    let mut scene = Scene::start(
-        Config {
-            history_size: 3,
-            ..server_config()
-        },
-        &["r"],
-    )
-    .await;
+    let mut scene = Scene::start(keeping(3), &["r"]).await;
     scene.publish("r", json!("old")).await;
     scene.bob_gets("r", 1).await;
 
@@ -349,14 +352,7 @@ async fn a_new_epoch_past_history_size_is_a_second_gap_then_what_is_retained() {
 /// of the new epoch's history: the seam the client must merge.
 #[actix_rt::test]
 async fn a_restart_while_messages_flow_leaves_no_duplicate_and_no_swap_at_the_seam() {
-    let mut scene = Scene::start(
-        Config {
-            history_size: 100_000,
-            ..server_config()
-        },
-        &["flow"],
-    )
-    .await;
+    let mut scene = Scene::start(keeping(100_000), &["flow"]).await;
     let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let stop = Rc::new(Cell::new(false));
     let publisher = {
@@ -385,10 +381,7 @@ async fn a_restart_while_messages_flow_leaves_no_duplicate_and_no_swap_at_the_se
 
     let mut all = scene.bob_gets("flow", 10).await;
     // Restart while publishing; Alice's publishes wait out the restart in her queue.
-    scene.gate.close();
-    let old = scene.server.take().expect("server");
-    assert!(old.shutdown().await, "server drained");
-    scene.server = Some(restart_server(scene.config.clone(), scene.addr).await);
+    scene.replace_server().await;
     // The new epoch numbers from 1 again: wait until it holds at least 20 messages.
     let mut last = 0;
     let mut new_epoch = false;
@@ -418,7 +411,7 @@ async fn a_restart_while_messages_flow_leaves_no_duplicate_and_no_swap_at_the_se
     let gap_at = all
         .iter()
         .position(|e| matches!(e, ClientEvent::Gap(g) if g.epoch_changed()))
-        .expect("an epoch gap");
+        .unwrap_or_else(|| panic!("an epoch gap in {all:#?}"));
     let messages = |events: &[ClientEvent]| -> Vec<(u64, u64)> {
         events
             .iter()
@@ -458,11 +451,5 @@ async fn a_restart_while_messages_flow_leaves_no_duplicate_and_no_swap_at_the_se
     ));
     let fetched = messages(&all[gap_at + 1..sub_at]);
     assert_eq!(fetched.last().map(|m| m.0), Some(back_at));
-    expect_none(
-        &mut scene.bob_events,
-        Duration::from_millis(300),
-        is_room_event,
-    )
-    .await;
-    scene.finish().await;
+    scene.finish_with_nothing_more_for_bob().await;
 }

@@ -216,6 +216,19 @@ async fn a_resend_landing_on_another_node_is_a_duplicate() {
     shutdown(cluster).await;
 }
 
+/// A direct message from another node, as from this one, never precedes `welcome`.
+#[actix_rt::test]
+async fn no_direct_message_precedes_welcome_across_nodes() {
+    let Some(redis) = Redis::start(Persistence::None) else {
+        return;
+    };
+    let cluster = nodes(&redis, 2);
+    let (a, b) = (cluster[0].local_addr(), cluster[1].local_addr());
+    crate::rooms::nothing_precedes_welcome(a, a).await;
+    crate::rooms::nothing_precedes_welcome(a, b).await;
+    shutdown(cluster).await;
+}
+
 /// `send` reaches every session of the user on every node and `ack.delivered` counts them;
 /// kicks (by user, and by session id on a node that does not hold it) close them all.
 #[actix_rt::test]
@@ -227,14 +240,7 @@ async fn direct_messages_and_kicks_cross_nodes() {
     let (mut a1, _) = Client::hello(cluster[0].local_addr(), "alice").await;
     let (mut a2, _) = Client::hello(cluster[1].local_addr(), "alice").await;
     let (mut bob, _) = Client::hello(cluster[2].local_addr(), "bob").await;
-    // Both of alice's nodes listen to her channel (a node subscribes at `hello`, unawaited).
-    let redis = &redis;
-    eventually("alice's nodes listen", || async move {
-        redis
-            .cli(&["PUBSUB", "NUMSUB", "heartwire:u:5:{alice}:e"])
-            .ends_with('2')
-    })
-    .await;
+    // No wait: `welcome` comes once the node hears alice's channel.
     bob.send(json!({"type": "send", "to": "alice", "id": "d1", "data": "hi"}))
         .await;
     assert_eq!(bob.expect_type("ack").await["delivered"], 2);

@@ -301,12 +301,8 @@ async fn a_slow_consumer_leaves_its_rooms_at_once() {
         ..config()
     });
     let addr = server.local_addr();
-    let mut slow = RawClient::connect_small(addr, 4096).await;
-    slow.send(json!({"type": "hello", "user": "slow"})).await;
-    slow.recv_type("welcome").await;
-    slow.send(json!({"type": "subscribe", "room": "flood"}))
-        .await;
-    slow.recv_type("subscribed").await;
+    // Kept open (and never read) to the end of the test.
+    let _slow = RawClient::slow_subscriber(addr, "slow", "flood").await;
     // A subscriber that reads everything, on this side.
     let fast = std::net::TcpStream::connect(addr).unwrap();
     fast.set_nonblocking(true).unwrap();

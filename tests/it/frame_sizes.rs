@@ -136,3 +136,23 @@ async fn the_client_skips_a_frame_over_its_limit_and_stays_connected() {
     raw.send(json!({"type": "ping", "seq": 1})).await;
     assert_eq!(raw.recv_non_ping().await["type"], "pong");
 }
+
+/// Error frames may quote the input: however long the offending frame, the error fits in
+/// `max_frame`.
+#[actix_rt::test]
+async fn error_frames_quoting_the_input_fit_in_max_frame() {
+    let server = start(small_frames());
+    let (mut a, _) = Client::hello(server.local_addr(), "a").await;
+    let long = "x".repeat(995);
+    for frame in [
+        json!({"type": "ping", "seq": long}),
+        json!({"type": long}),
+        json!({"type": "publish", "room": "r", "data": 1, "id": long[..950]}),
+    ] {
+        assert!(frame.to_string().len() <= 1024, "the frame itself fits");
+        a.send(frame).await;
+        let e = a.recv_non_ping().await;
+        assert_eq!(e["type"], "error", "{e}");
+        assert!(e.to_string().len() < 1024, "{} bytes", e.to_string().len());
+    }
+}

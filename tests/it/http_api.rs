@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::common::{config, eventually, start, Client};
+use crate::common::{config, eventually, first_connections, start, Client};
 use heartwire::http::HttpService;
 use heartwire::{Config, ServerBuilder, ServerHandle, StartError};
 use serde_json::{json, Value};
@@ -640,13 +640,7 @@ async fn without_http_listen_there_is_no_http_server() {
         server.overview().await.unwrap().identified == 1
     })
     .await;
-    let page = server
-        .connections(heartwire::ConnectionQuery {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let page = first_connections(&server).await;
     assert_eq!(page.connections[0].user.as_deref(), Some("solo"));
     assert!(server
         .render_metrics()

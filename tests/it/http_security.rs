@@ -538,7 +538,7 @@ mod tls {
     use tokio_rustls::rustls::pki_types::ServerName;
 
     use super::*;
-    use heartwire::{StartError, TlsConfig};
+    use heartwire::StartError;
 
     /// The next frame that is not a ping.
     async fn next_frame<R: AsyncBufRead + Unpin>(lines: &mut Lines<R>) -> Value {
@@ -557,12 +557,9 @@ mod tls {
 
     #[actix_rt::test]
     async fn https_serves_the_api_with_the_servers_certificate() {
-        let (ca, cert, key) = crate::common::test_pki();
+        let (ca, tls) = crate::common::test_tls();
         let mut c = http_config();
-        c.tls = TlsConfig {
-            cert: Some(cert),
-            key: Some(key),
-        };
+        c.tls = tls;
         c.http.tls = true;
         let (server, http) = start_http(c);
         let connector = heartwire::testing::tls_connector(&ca);
@@ -643,78 +640,12 @@ mod tls {
 /// The `heartwire` binary: key files, and keys kept out of logs and `--help`.
 #[cfg(feature = "cli")]
 mod binary {
-    use std::io::{BufRead, BufReader, Read};
-    use std::path::PathBuf;
-    use std::process::{Child, Command, Output, Stdio};
-    use std::sync::mpsc;
+    use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
     use super::*;
-
-    /// Kills and reaps the child when a test ends, failed or not.
-    struct ChildGuard(Child);
-
-    impl Drop for ChildGuard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    /// `heartwire serve ARGS` with `env` and no inherited `HEARTWIRE_*` or `RUST_LOG`.
-    fn serve(args: &[&str], env: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_heartwire"));
-        cmd.arg("serve").args(args).stdin(Stdio::null());
-        for (key, _) in std::env::vars_os() {
-            let key_text = key.to_string_lossy();
-            if key_text.starts_with("HEARTWIRE_") || key_text == "RUST_LOG" {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.envs(env.iter().copied());
-        cmd
-    }
-
-    /// Runs a command that exits by itself, within PATIENCE.
-    fn run_to_exit(mut cmd: Command) -> Output {
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn heartwire");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        rx.recv_timeout(PATIENCE)
-            .expect("exited within PATIENCE")
-            .expect("output")
-    }
-
-    /// A file in a fresh directory, removed at the end.
-    struct TempFile(PathBuf);
-
-    impl TempFile {
-        fn new(text: &str) -> TempFile {
-            let path = std::env::temp_dir().join(format!(
-                "heartwire-keys-{}-{}",
-                std::process::id(),
-                fastrand::u64(..)
-            ));
-            std::fs::write(&path, text).unwrap();
-            TempFile(path)
-        }
-
-        fn path(&self) -> &str {
-            self.0.to_str().unwrap()
-        }
-    }
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
+    use crate::common::process::{read_to_end, run_to_exit, serve_command as serve};
+    use crate::common::process::{ChildGuard, TempFile};
 
     const FILE_KEY_1: &str = "file-key-7c1e0a9b";
     const FILE_KEY_2: &str = "file-key-52d4f38e";
@@ -722,11 +653,14 @@ mod binary {
 
     #[actix_rt::test]
     async fn key_file_keys_are_accepted_and_no_key_is_logged_at_debug() {
-        let file = TempFile::new(&format!(
-            "# rotation: {FILE_KEY_1} goes once every client has the second one\n\
+        let file = TempFile::new(
+            "keys",
+            &format!(
+                "# rotation: {FILE_KEY_1} goes once every client has the second one\n\
              {FILE_KEY_1}\n\n  {FILE_KEY_2}  \n"
-        ));
-        let mut child = ChildGuard(
+            ),
+        );
+        let mut child = ChildGuard::spawn(
             serve(
                 &[
                     "--listen",
@@ -738,33 +672,11 @@ mod binary {
                 ],
                 &[("HEARTWIRE_API_KEY", ENV_KEY), ("RUST_LOG", "debug")],
             )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn heartwire"),
+            .stderr(Stdio::piped()),
         );
-        let mut stderr = child.0.stderr.take().unwrap();
-        let log = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
-        let stdout = child.0.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let until = Instant::now() + PATIENCE;
-        let http: SocketAddr = loop {
-            let left = until.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("an `http on` line");
-            if let Some(addr) = line.strip_prefix("http on ") {
-                break addr.trim().parse().unwrap();
-            }
-        };
+        let log = read_to_end(child.0.stderr.take().unwrap());
+        let lines = child.stdout_lines();
+        let http = child.announced(&lines, "http on ");
 
         for (n, key) in [FILE_KEY_1, FILE_KEY_2, ENV_KEY].into_iter().enumerate() {
             let reply = Request::post_json("/api/publish", json!({"room": "r", "data": n}))
@@ -792,7 +704,7 @@ mod binary {
             assert!(Instant::now() < until, "no exit after SIGTERM");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let log = log.join().unwrap();
+        let log = String::from_utf8_lossy(&log.join().unwrap()).into_owned();
         // The capture works, at debug: the publishes and the refusals are in it.
         assert!(log.contains("HTTP publish"), "no debug output:\n{log}");
         assert!(log.contains("wrong API key"), "{log}");
@@ -812,7 +724,7 @@ mod binary {
             "{err}"
         );
 
-        let empty = TempFile::new("# nothing yet\n\n");
+        let empty = TempFile::new("keys", "# nothing yet\n\n");
         let out = run_to_exit(serve(&["--api-key-file", empty.path()], &[]));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
@@ -821,7 +733,7 @@ mod binary {
             "{err}"
         );
 
-        let spaced = TempFile::new("fine-key\nnot a key\n");
+        let spaced = TempFile::new("keys", "fine-key\nnot a key\n");
         let out = run_to_exit(serve(
             &["--listen", "127.0.0.1:0"],
             &[("HEARTWIRE_API_KEY_FILE", spaced.path())],

@@ -25,12 +25,7 @@ async fn slow_consumer_is_cut_off_and_nobody_else_suffers() {
     let addr = server.local_addr();
 
     // The slow client: a tiny receive buffer, so the server's writes block soon.
-    let mut slow = RawClient::connect_small(addr, 4096).await;
-    slow.send(json!({"type": "hello", "user": "slow"})).await;
-    slow.recv_type("welcome").await;
-    slow.send(json!({"type": "subscribe", "room": "flood"}))
-        .await;
-    slow.recv_type("subscribed").await;
+    let mut slow = RawClient::slow_subscriber(addr, "slow", "flood").await;
 
     let (mut good, _) = Client::hello(addr, "good").await;
     good.send(json!({"type": "subscribe", "room": "flood"}))

@@ -438,6 +438,45 @@ async fn since_with_another_epoch_replays_nothing_and_is_not_recovered() {
     assert_eq!(a.recv_type("message").await["seq"], 4);
 }
 
+/// Publications that arrive while a stale-epoch subscribe reads the history come after
+/// `subscribed`: a client takes everything before it for the epoch it asked about.
+#[actix_rt::test]
+async fn nothing_of_the_current_epoch_precedes_subscribed() {
+    let server = start(config());
+    let addr = server.local_addr();
+    let (_keep, sub) = subscriber(addr, "keeper", "r").await;
+    let stale = format!("{}-old", sub["epoch"].as_str().unwrap_or_default());
+    let flooding = std::rc::Rc::new(std::cell::Cell::new(true));
+    let flood = {
+        let (server, flooding) = (server.clone(), flooding.clone());
+        actix_rt::spawn(async move {
+            while flooding.get() {
+                server.publish("r", &json!("x"), None).await.unwrap();
+            }
+        })
+    };
+    let (mut a, _) = Client::hello(addr, "alice").await;
+    for _ in 0..40 {
+        a.send(json!({"type": "subscribe", "room": "r", "since": 1, "epoch": stale}))
+            .await;
+        let subscribed = a.recv_type("subscribed").await;
+        assert_eq!(subscribed["recovered"], false, "{subscribed}");
+        // Live messages follow on from it without a hole.
+        let first = a.recv_type("message").await;
+        assert_eq!(first["seq"], subscribed["seq"].as_u64().unwrap() + 1);
+        a.send(json!({"type": "unsubscribe", "room": "r"})).await;
+        loop {
+            let frame = a.recv_non_ping().await;
+            if frame["type"] == "unsubscribed" {
+                break;
+            }
+            assert_eq!(frame["type"], "message", "{frame}");
+        }
+    }
+    flooding.set(false);
+    flood.await.unwrap();
+}
+
 #[actix_rt::test]
 async fn history_too_short_is_not_recovered() {
     let server = start(Config {
@@ -531,6 +570,47 @@ async fn duplicate_publish_id_is_delivered_once_and_acked_again() {
         ]
     );
     s.expect_silence(QUIET).await;
+}
+
+/// While another client keeps sending to `u`, `u` says hello again and again on the node of
+/// `addr` (or of `sender_addr`): the first frame each time is `welcome`, never a message.
+pub(crate) async fn nothing_precedes_welcome(
+    addr: std::net::SocketAddr,
+    sender_addr: std::net::SocketAddr,
+) {
+    let (mut sender, _) = Client::hello(sender_addr, "sender").await;
+    let sending = std::rc::Rc::new(std::cell::Cell::new(true));
+    let blaster = {
+        let sending = sending.clone();
+        actix_rt::spawn(async move {
+            let mut n = 0u64;
+            while sending.get() {
+                sender
+                    .send(json!({"type": "send", "to": "u", "data": n}))
+                    .await;
+                n += 1;
+                if n.is_multiple_of(64) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+    };
+    for _ in 0..30 {
+        let mut u = Client::connect(addr).await;
+        u.send(json!({"type": "hello", "user": "u"})).await;
+        let first = u.recv_non_ping().await;
+        assert_eq!(first["type"], "welcome", "{first}");
+        assert_eq!(u.recv_type("message").await["from"], "sender");
+    }
+    sending.set(false);
+    blaster.await.unwrap();
+}
+
+#[actix_rt::test]
+async fn no_direct_message_precedes_welcome() {
+    let server = start(config());
+    let addr = server.local_addr();
+    nothing_precedes_welcome(addr, addr).await;
 }
 
 #[actix_rt::test]

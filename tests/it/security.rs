@@ -131,14 +131,8 @@ async fn session_ends_when_its_token_expires() {
 
 #[actix_rt::test]
 async fn tls_round_trip_with_a_private_ca() {
-    let (ca, cert, key) = crate::common::test_pki();
-    let server = start(Config {
-        tls: TlsConfig {
-            cert: Some(cert),
-            key: Some(key),
-        },
-        ..config()
-    });
+    let (ca, tls) = crate::common::test_tls();
+    let server = start(Config { tls, ..config() });
     let connector = heartwire::testing::tls_connector(&ca);
     let tcp = tokio::net::TcpStream::connect(server.local_addr())
         .await
@@ -392,14 +386,8 @@ async fn accept_rate_spreads_connections_out() {
 #[actix_rt::test]
 async fn client_library_connects_over_tls() {
     use heartwire::client::{Client, ClientConfig, ClientEvent, ClientTls};
-    let (ca, cert, key) = crate::common::test_pki();
-    let server = start(Config {
-        tls: TlsConfig {
-            cert: Some(cert),
-            key: Some(key),
-        },
-        ..config()
-    });
+    let (ca, tls) = crate::common::test_tls();
+    let server = start(Config { tls, ..config() });
     let tls = ClientTls::with_ca(&ca, "127.0.0.1").unwrap();
     let (client, mut events) =
         Client::start(ClientConfig::new(server.local_addr().to_string(), "tls-client").tls(tls));

@@ -120,13 +120,7 @@ async fn stuck_client_does_not_hold_shutdown_beyond_drain_timeout() {
     });
     let addr = server.local_addr();
 
-    let mut stuck = RawClient::connect_small(addr, 4096).await;
-    stuck.send(json!({"type": "hello", "user": "stuck"})).await;
-    stuck.recv_type("welcome").await;
-    stuck
-        .send(json!({"type": "subscribe", "room": "big"}))
-        .await;
-    stuck.recv_type("subscribed").await;
+    let mut stuck = RawClient::slow_subscriber(addr, "stuck", "big").await;
     let (mut fine, _) = Client::hello(addr, "fine").await;
 
     // 24 MiB for a peer with a tiny receive window: far more than the kernel buffers

@@ -49,8 +49,8 @@ async fn a_registry_panic_is_survived_without_a_gap_or_a_reconnect() {
         .send(json!({"type": "publish", "room": "r", "data": 1, "id": "a1"}))
         .await;
     assert_eq!(bob.recv_type("message").await["seq"], 1);
-    // Alice's request is answered before the crash (one in flight during a crash would get
-    // `error{code:"internal"}`, and a client resends it with its id).
+    // Alice's request is answered before the crash (for one the crash catches, see
+    // `a_publish_caught_by_a_crash_is_answered_with_its_id`).
     assert_eq!(alice.recv_type("message").await["seq"], 1);
     assert_eq!(alice.recv_type("ack").await["id"], "a1");
 
@@ -270,4 +270,43 @@ async fn the_client_resubscribes_on_resync_and_reports_the_gap() {
         before.iter().any(|e| matches!(e, ClientEvent::Gap(_))),
         "the lost messages are reported: {before:#?}"
     );
+}
+
+/// An application message whose handler holds the registry's thread.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Stall(Duration);
+
+impl Handler<Stall> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, stall: Stall, _: &mut Context<Self>) {
+        std::thread::sleep(stall.0);
+    }
+}
+
+/// A publish that a crash catches in flight is answered with its `id` (an `ack`, or
+/// `error{code:"internal"}` that the client may resend with the same id).
+#[actix_rt::test]
+async fn a_publish_caught_by_a_crash_is_answered_with_its_id() {
+    let server = start(config());
+    let (mut alice, _) = subscriber(server.local_addr(), "alice", "r").await;
+    let old = server.registry();
+    old.do_send(Stall(Duration::from_millis(300)));
+    alice
+        .send(json!({"type": "publish", "room": "r", "data": 1, "id": "p1"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    old.do_send(Boom);
+    loop {
+        let frame = alice.recv_non_ping().await;
+        if frame["id"] == "p1" {
+            assert!(
+                frame["type"] == "ack" || frame["code"] == "internal",
+                "{frame}"
+            );
+            break;
+        }
+        assert_eq!(frame["type"], "message", "{frame}");
+    }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use heartwire::Config;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::MaybeTlsStream;
 
 use crate::common::ws::{close_of, start_ws, WsClient};
-use crate::common::{config, eventually_stats, stats, subscriber, test_pki, Client, PATIENCE};
+use crate::common::{config, eventually_stats, stats, subscriber, test_tls, Client, PATIENCE};
 
 #[actix_rt::test]
 async fn hello_ping_publish_over_websocket() {
@@ -48,45 +48,38 @@ async fn hello_ping_publish_over_websocket() {
     assert_eq!(close_of(&close), (1000, "normal".to_owned()));
 }
 
+/// One frame of a fragmented message: `data` (text, or the continuation), final when `fin`.
+fn fragment(payload: Bytes, data: Data, fin: bool) -> Message {
+    Message::Frame(Frame::message(payload, OpCode::Data(data), fin))
+}
+
+/// Reads `c` to its end, asserting that the server sent `bye{reason}` and nothing else;
+/// returns the close frame's code and reason.
+async fn closed_after_bye<S: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut WsClient<S>,
+    reason: &str,
+) -> (u16, String) {
+    let (frames, close) = c.until_closed().await;
+    assert_eq!(frames, [json!({"type": "bye", "reason": reason})]);
+    close_of(&close)
+}
+
 /// `heartwire serve --ws 127.0.0.1:0` announces `ws on IP:PORT` and serves protocol v1 there,
 /// in the same rooms as its TCP listener.
 #[cfg(feature = "cli")]
 #[actix_rt::test]
 async fn the_binary_serves_websocket_with_ws_flag() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
+    use crate::common::process::{serve_command, ChildGuard};
 
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Kill(
-        Command::new(env!("CARGO_BIN_EXE_heartwire"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--ws", "127.0.0.1:0"])
-            .env_remove("HEARTWIRE_WS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn heartwire"),
+    let mut child = ChildGuard::spawn(
+        serve_command(&["--listen", "127.0.0.1:0", "--ws", "127.0.0.1:0"], &[])
+            .stderr(std::process::Stdio::null()),
     );
-    let stdout = child.0.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .take(2)
-            .collect::<Vec<_>>()
-    });
-    let lines = tokio::time::timeout(crate::common::PATIENCE, lines)
-        .await
-        .expect("two lines on stdout")
-        .unwrap();
-    let tcp = lines[0].strip_prefix("listening on ").expect(&lines[0]);
-    let ws = lines[1].strip_prefix("ws on ").expect(&lines[1]);
+    let lines = child.stdout_lines();
+    let next_line = || lines.recv_timeout(PATIENCE).expect("two lines on stdout");
+    let (first, second) = (next_line(), next_line());
+    let tcp = first.strip_prefix("listening on ").expect(&first);
+    let ws = second.strip_prefix("ws on ").expect(&second);
     let (mut w, _) = WsClient::hello(ws.parse().unwrap(), "web").await;
     w.send(json!({"type": "subscribe", "room": "r"})).await;
     w.recv_type("subscribed").await;
@@ -104,12 +97,10 @@ async fn no_hello_in_time_closes_with_handshake_timeout() {
         ..config()
     });
     let mut c = WsClient::connect(s.ws_addr()).await;
-    let (frames, close) = c.until_closed().await;
     assert_eq!(
-        frames,
-        [json!({"type": "bye", "reason": "handshake_timeout"})]
+        closed_after_bye(&mut c, "handshake_timeout").await,
+        (4000, "handshake_timeout".to_owned())
     );
-    assert_eq!(close_of(&close), (4000, "handshake_timeout".to_owned()));
 }
 
 /// A silent WebSocket client is closed inside the same bound as a TCP one.
@@ -142,7 +133,8 @@ async fn silent_client_is_closed_inside_the_bound() {
 /// the client alive: a client that answers no JSON ping but sends WebSocket pings stays.
 #[actix_rt::test]
 async fn websocket_pings_are_answered_and_prove_life() {
-    let interval = Duration::from_millis(100);
+    // Long enough that a loaded machine does not stall the client past the bound.
+    let interval = Duration::from_millis(300);
     let s = start_ws(Config {
         heartbeat_interval: interval,
         max_missed: 2,
@@ -196,34 +188,18 @@ async fn message_over_max_frame_closes_with_1009() {
         assert_eq!(c.recv_non_ping().await, json!({"type": "pong", "seq": 1}));
     }
     c.send_message(Message::text(exact(" "))).await;
-    let (frames, close) = c.until_closed().await;
     assert_eq!(
-        frames,
-        [json!({"type": "bye", "reason": "frame_too_large"})]
+        closed_after_bye(&mut c, "frame_too_large").await,
+        (1009, "frame_too_large".to_owned())
     );
-    assert_eq!(close_of(&close), (1009, "frame_too_large".to_owned()));
 
     // Fragments: 600 + 600 bytes of one text message.
     let (mut c, _) = WsClient::hello(s.ws_addr(), "fragments").await;
     let half = Bytes::from(vec![b' '; 600]);
-    c.send_message(Message::Frame(Frame::message(
-        half.clone(),
-        OpCode::Data(Data::Text),
-        false,
-    )))
-    .await;
-    c.send_message(Message::Frame(Frame::message(
-        half,
-        OpCode::Data(Data::Continue),
-        true,
-    )))
-    .await;
-    let (frames, close) = c.until_closed().await;
-    assert_eq!(
-        frames,
-        [json!({"type": "bye", "reason": "frame_too_large"})]
-    );
-    assert_eq!(close_of(&close).0, 1009);
+    c.send_message(fragment(half.clone(), Data::Text, false))
+        .await;
+    c.send_message(fragment(half, Data::Continue, true)).await;
+    assert_eq!(closed_after_bye(&mut c, "frame_too_large").await.0, 1009);
 }
 
 /// A message fragmented into several frames is one frame of the protocol.
@@ -234,26 +210,14 @@ async fn fragmented_message_is_reassembled() {
     let text = json!({"type": "ping", "seq": 42}).to_string().into_bytes();
     let (a, rest) = text.split_at(5);
     let (b, d) = rest.split_at(7);
-    c.send_message(Message::Frame(Frame::message(
-        Bytes::copy_from_slice(a),
-        OpCode::Data(Data::Text),
-        false,
-    )))
-    .await;
+    c.send_message(fragment(Bytes::copy_from_slice(a), Data::Text, false))
+        .await;
     c.send_message(Message::Ping(Bytes::from_static(b"between")))
         .await;
-    c.send_message(Message::Frame(Frame::message(
-        Bytes::copy_from_slice(b),
-        OpCode::Data(Data::Continue),
-        false,
-    )))
-    .await;
-    c.send_message(Message::Frame(Frame::message(
-        Bytes::copy_from_slice(d),
-        OpCode::Data(Data::Continue),
-        true,
-    )))
-    .await;
+    c.send_message(fragment(Bytes::copy_from_slice(b), Data::Continue, false))
+        .await;
+    c.send_message(fragment(Bytes::copy_from_slice(d), Data::Continue, true))
+        .await;
     assert_eq!(c.recv_non_ping().await, json!({"type": "pong", "seq": 42}));
 }
 
@@ -274,12 +238,7 @@ async fn huge_declared_message_is_refused_at_its_header() {
         panic!("plain TCP expected")
     };
     tcp.write_all(&header).await.unwrap();
-    let (frames, close) = c.until_closed().await;
-    assert_eq!(
-        frames,
-        [json!({"type": "bye", "reason": "frame_too_large"})]
-    );
-    assert_eq!(close_of(&close).0, 1009);
+    assert_eq!(closed_after_bye(&mut c, "frame_too_large").await.0, 1009);
 }
 
 /// A binary message is a bad frame: `error{code:"bad_frame"}` and the connection stays usable;
@@ -315,15 +274,13 @@ async fn binary_message_is_a_bad_frame() {
 async fn invalid_utf8_text_closes_with_protocol_error() {
     let s = start_ws(config());
     let (mut c, _) = WsClient::hello(s.ws_addr(), "utf8").await;
-    c.send_message(Message::Frame(Frame::message(
+    c.send_message(fragment(
         Bytes::from_static(b"{\"type\":\"\xff\"}"),
-        OpCode::Data(Data::Text),
+        Data::Text,
         true,
-    )))
+    ))
     .await;
-    let (frames, close) = c.until_closed().await;
-    assert_eq!(frames, [json!({"type": "bye", "reason": "protocol_error"})]);
-    assert_eq!(close_of(&close).0, 1008);
+    assert_eq!(closed_after_bye(&mut c, "protocol_error").await.0, 1008);
 }
 
 /// After `bye` the close frame carries the code PROTOCOL.md gives for the reason, and the
@@ -453,14 +410,8 @@ async fn origins_are_checked_before_the_upgrade() {
 #[cfg(feature = "tls")]
 #[actix_rt::test]
 async fn secure_websocket_with_a_private_ca() {
-    let (ca, cert, key) = test_pki();
-    let s = start_ws(Config {
-        tls: heartwire::TlsConfig {
-            cert: Some(cert),
-            key: Some(key),
-        },
-        ..config()
-    });
+    let (ca, tls) = test_tls();
+    let s = start_ws(Config { tls, ..config() });
     let tcp = tokio::net::TcpStream::connect(s.ws_addr()).await.unwrap();
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = heartwire::testing::tls_connector(&ca)
@@ -475,9 +426,7 @@ async fn secure_websocket_with_a_private_ca() {
     c.send(json!({"type": "hello", "user": "secure"})).await;
     c.recv_type("welcome").await;
     assert_eq!(s.server.kick_user("secure").await.unwrap(), 1);
-    let (frames, close) = c.until_closed().await;
-    assert_eq!(frames, [json!({"type": "bye", "reason": "kicked"})]);
-    assert_eq!(close_of(&close).0, 4000);
+    assert_eq!(closed_after_bye(&mut c, "kicked").await.0, 4000);
 
     // A plain-text WebSocket client gets no upgrade from the TLS listener.
     let plain = tokio::time::timeout(
@@ -706,12 +655,7 @@ async fn slow_consumer_is_cut_off_and_nobody_else_suffers() {
         heartbeat_interval: Duration::from_secs(120),
         ..config()
     });
-    let mut slow = WsClient::connect_small(s.ws_addr(), 4096).await;
-    slow.send(json!({"type": "hello", "user": "slow"})).await;
-    slow.recv_type("welcome").await;
-    slow.send(json!({"type": "subscribe", "room": "flood"}))
-        .await;
-    slow.recv_type("subscribed").await;
+    let mut slow = WsClient::slow_subscriber(s.ws_addr(), "slow", "flood").await;
     let (mut good, _) = WsClient::hello(s.ws_addr(), "good").await;
     good.send(json!({"type": "subscribe", "room": "flood"}))
         .await;
@@ -783,75 +727,34 @@ async fn slow_consumer_is_cut_off_and_nobody_else_suffers() {
 #[cfg(feature = "cli")]
 #[actix_rt::test]
 async fn stuck_websocket_subscribers_cost_bounded_memory() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
+    use crate::common::process::{serve_command, ChildGuard};
 
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Kill(
-        Command::new(env!("CARGO_BIN_EXE_heartwire"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--ws",
-                "127.0.0.1:0",
-                "--outbound-budget",
-                "131072",
-                "--history-size",
-                "1",
-                "--heartbeat-interval",
-                "120s",
-                "--close-timeout",
-                "60s",
-                "--workers",
-                "2",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn heartwire"),
-    );
-    let pid = child.0.id();
-    let stdout = child.0.stdout.take().unwrap();
-    let ws_line = tokio::task::spawn_blocking(move || {
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find(|l| l.starts_with("ws on "))
-    });
-    let ws_line = tokio::time::timeout(PATIENCE, ws_line)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let addr: std::net::SocketAddr = ws_line["ws on ".len()..].parse().unwrap();
-    let rss_kib = || {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--ws",
+        "127.0.0.1:0",
+        "--outbound-budget",
+        "131072",
+        "--history-size",
+        "1",
+        "--heartbeat-interval",
+        "120s",
+        "--close-timeout",
+        "60s",
+        "--workers",
+        "2",
+    ];
+    let mut child =
+        ChildGuard::spawn(serve_command(&args, &[]).stderr(std::process::Stdio::null()));
+    let lines = child.stdout_lines();
+    let addr = child.announced(&lines, "ws on ");
+    let rss_kib = || child.rss_kib();
 
     const STUCK: usize = 16;
     let mut stuck = Vec::new();
     for i in 0..STUCK {
-        let mut c = WsClient::connect_small(addr, 4096).await;
-        c.send(json!({"type": "hello", "user": format!("stuck{i}")}))
-            .await;
-        c.recv_type("welcome").await;
-        c.send(json!({"type": "subscribe", "room": "big"})).await;
-        c.recv_type("subscribed").await;
-        stuck.push(c);
+        stuck.push(WsClient::slow_subscriber(addr, &format!("stuck{i}"), "big").await);
     }
     let (mut publisher, _) = WsClient::hello(addr, "pub").await;
     // 60 KB messages; each round is 9 MB for every subscriber: past kernel buffers and budget.

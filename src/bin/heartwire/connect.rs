@@ -26,6 +26,7 @@ use heartwire::client::{
 };
 
 use crate::serve_args::duration;
+use crate::usage_error;
 
 /// Options of `heartwire connect`.
 #[derive(Debug, Clone, Args)]
@@ -190,10 +191,7 @@ fn parse_line(line: &str) -> Line<'_> {
 pub fn run(args: ConnectArgs) -> ExitCode {
     let config = match args.to_config() {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("heartwire: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage_error(e),
     };
     let system = actix_rt::System::new();
     system.block_on(async move {
@@ -211,8 +209,7 @@ pub fn run(args: ConnectArgs) -> ExitCode {
         let mut rooms: Vec<String> = Vec::new();
         for room in &args.subscribe {
             if let Err(e) = client.subscribe(room).await {
-                eprintln!("heartwire: cannot subscribe to {room:?}: {e}");
-                return ExitCode::from(2);
+                return usage_error(format!("cannot subscribe to {room:?}: {e}"));
             }
             if !rooms.contains(room) {
                 rooms.push(room.clone());

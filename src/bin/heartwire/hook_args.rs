@@ -10,7 +10,7 @@ use clap::Args;
 
 use heartwire::hooks::{FailurePolicy, HooksConfig};
 
-use crate::serve_args::duration;
+use crate::serve_args::{duration, overlay, overlay_some};
 
 /// Hook options of `heartwire serve`.
 #[derive(Clone, Default, Args)]
@@ -82,15 +82,11 @@ impl HookArgs {
             (&self.hook_send_url, &mut config.send_url),
         ];
         for (flag, key) in urls {
-            if let Some(url) = flag {
-                *key = Some(url.clone());
-            }
+            overlay_some(key, flag);
         }
-        if let Some(secret) = &self.hook_secret {
-            config.secret = Some(secret.clone());
-        }
-        config.timeout = self.hook_timeout.unwrap_or(config.timeout);
-        config.on_failure = self.hook_on_failure.unwrap_or(config.on_failure);
-        config.max_in_flight = self.hook_max_in_flight.unwrap_or(config.max_in_flight);
+        overlay_some(&mut config.secret, &self.hook_secret);
+        overlay(&mut config.timeout, &self.hook_timeout);
+        overlay(&mut config.on_failure, &self.hook_on_failure);
+        overlay(&mut config.max_in_flight, &self.hook_max_in_flight);
     }
 }

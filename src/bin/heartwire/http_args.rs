@@ -11,6 +11,8 @@ use clap::Args;
 
 use heartwire::http::HttpConfig;
 
+use crate::serve_args::{overlay, overlay_some};
+
 /// HTTP API options of `heartwire serve`.
 #[derive(Clone, Default, Args)]
 pub struct HttpArgs {
@@ -125,9 +127,7 @@ impl HttpArgs {
     /// Lays the given options over `config`. Keys from `--api-key` and `--api-key-file`
     /// (together) replace the config file's `api_key` and `api_keys`.
     pub fn apply(&self, config: &mut HttpConfig) {
-        if let Some(addr) = self.http {
-            config.listen = Some(addr);
-        }
+        overlay_some(&mut config.listen, &self.http);
         let file_keys = self.api_key_file.iter().flat_map(|f| f.keys.iter());
         let keys: Vec<String> = self.api_key.iter().chain(file_keys).cloned().collect();
         if !keys.is_empty() {
@@ -140,12 +140,8 @@ impl HttpArgs {
         if self.http_tls {
             config.tls = true;
         }
-        if let Some(hosts) = &self.http_allowed_hosts {
-            config.allowed_hosts = hosts.clone();
-        }
-        if let Some(origins) = &self.http_cors_origins {
-            config.cors_origins = origins.clone();
-        }
+        overlay(&mut config.allowed_hosts, &self.http_allowed_hosts);
+        overlay(&mut config.cors_origins, &self.http_cors_origins);
     }
 }
 

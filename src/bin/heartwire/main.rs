@@ -84,13 +84,16 @@ fn token(args: TokenArgs) -> ExitCode {
     }
 }
 
+/// Reports a usage error (bad flags, environment or config file): exit code 2.
+fn usage_error(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("heartwire: {error}");
+    ExitCode::from(2)
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
     let config = match args.to_config() {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("heartwire: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage_error(e),
     };
     let system = actix_rt::System::new();
     let code = system.block_on(async move {

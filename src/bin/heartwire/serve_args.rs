@@ -205,6 +205,20 @@ pub struct ServeArgs {
     pub hooks: HookArgs,
 }
 
+/// Lays a flag over its config value when it was given (by flag or environment).
+pub fn overlay<T: Clone>(value: &mut T, flag: &Option<T>) {
+    if let Some(flag) = flag {
+        value.clone_from(flag);
+    }
+}
+
+/// Lays a flag over an optional config value when it was given (by flag or environment).
+pub fn overlay_some<T: Clone>(value: &mut Option<T>, flag: &Option<T>) {
+    if flag.is_some() {
+        value.clone_from(flag);
+    }
+}
+
 fn parse_send(text: &str) -> Result<SendPolicy, String> {
     Ok(SendPolicy::parse(text))
 }
@@ -216,72 +230,58 @@ impl ServeArgs {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { c.$field = v; } )* };
-        }
-        set!(
-            listen,
-            heartbeat_interval,
-            max_missed,
-            handshake_timeout,
-            max_frame,
-            max_bad_frames,
-            workers,
-            outbound_budget,
-            close_timeout,
-            history_size,
-            history_ttl,
-            sweep_interval,
-            drain_timeout,
-            max_registry_restarts,
-            registry_restart_window,
-            shutdown_reconnect,
-            backlog
+        overlay(&mut c.listen, &self.listen);
+        overlay(&mut c.heartbeat_interval, &self.heartbeat_interval);
+        overlay(&mut c.max_missed, &self.max_missed);
+        overlay(&mut c.handshake_timeout, &self.handshake_timeout);
+        overlay(&mut c.max_frame, &self.max_frame);
+        overlay(&mut c.max_bad_frames, &self.max_bad_frames);
+        overlay(&mut c.workers, &self.workers);
+        overlay(&mut c.outbound_budget, &self.outbound_budget);
+        overlay(&mut c.close_timeout, &self.close_timeout);
+        overlay(&mut c.history_size, &self.history_size);
+        overlay(&mut c.history_ttl, &self.history_ttl);
+        overlay(&mut c.sweep_interval, &self.sweep_interval);
+        overlay(&mut c.drain_timeout, &self.drain_timeout);
+        overlay(&mut c.max_registry_restarts, &self.max_registry_restarts);
+        overlay(
+            &mut c.registry_restart_window,
+            &self.registry_restart_window,
         );
-        c.heartbeat_min = self.heartbeat_min.or(c.heartbeat_min);
-        c.heartbeat_max = self.heartbeat_max.or(c.heartbeat_max);
-        c.tcp.keepalive_idle = self.tcp_keepalive_idle.or(c.tcp.keepalive_idle);
-        c.tcp.keepalive_interval = self.tcp_keepalive_interval.or(c.tcp.keepalive_interval);
-        c.tcp.keepalive_retries = self.tcp_keepalive_retries.or(c.tcp.keepalive_retries);
-        c.tcp.user_timeout = self.tcp_user_timeout.or(c.tcp.user_timeout);
-        c.auth.jwt_secret = self.jwt_secret.clone().or(c.auth.jwt_secret);
-        c.auth.jwt_public_key = self.jwt_public_key.clone().or(c.auth.jwt_public_key);
-        if let Some(send) = &self.auth_send {
-            c.auth.send = send.clone();
-        }
-        c.tls.cert = self.tls_cert.clone().or(c.tls.cert);
-        c.tls.key = self.tls_key.clone().or(c.tls.key);
+        overlay(&mut c.shutdown_reconnect, &self.shutdown_reconnect);
+        overlay(&mut c.backlog, &self.backlog);
+        overlay_some(&mut c.heartbeat_min, &self.heartbeat_min);
+        overlay_some(&mut c.heartbeat_max, &self.heartbeat_max);
+        let t = &mut c.tcp;
+        overlay_some(&mut t.keepalive_idle, &self.tcp_keepalive_idle);
+        overlay_some(&mut t.keepalive_interval, &self.tcp_keepalive_interval);
+        overlay_some(&mut t.keepalive_retries, &self.tcp_keepalive_retries);
+        overlay_some(&mut t.user_timeout, &self.tcp_user_timeout);
+        overlay_some(&mut c.auth.jwt_secret, &self.jwt_secret);
+        overlay_some(&mut c.auth.jwt_public_key, &self.jwt_public_key);
+        overlay(&mut c.auth.send, &self.auth_send);
+        overlay_some(&mut c.tls.cert, &self.tls_cert);
+        overlay_some(&mut c.tls.key, &self.tls_key);
         let l = &mut c.limits;
-        l.max_connections = self.max_connections.unwrap_or(l.max_connections);
-        l.max_connections_per_ip = self
-            .max_connections_per_ip
-            .unwrap_or(l.max_connections_per_ip);
-        l.accept_rate = self.accept_rate.unwrap_or(l.accept_rate);
-        l.max_sessions_per_user = self
-            .max_sessions_per_user
-            .unwrap_or(l.max_sessions_per_user);
-        l.max_rooms_per_session = self
-            .max_rooms_per_session
-            .unwrap_or(l.max_rooms_per_session);
-        l.message_rate = self.message_rate.unwrap_or(l.message_rate);
-        l.message_burst = self.message_burst.unwrap_or(l.message_burst);
-        l.max_connection_age = self.max_connection_age.or(l.max_connection_age);
-        if let Some(prefixes) = &self.presence_events {
-            c.presence_events = prefixes.clone();
-        }
+        overlay(&mut l.max_connections, &self.max_connections);
+        overlay(&mut l.max_connections_per_ip, &self.max_connections_per_ip);
+        overlay(&mut l.accept_rate, &self.accept_rate);
+        overlay(&mut l.max_sessions_per_user, &self.max_sessions_per_user);
+        overlay(&mut l.max_rooms_per_session, &self.max_rooms_per_session);
+        overlay(&mut l.message_rate, &self.message_rate);
+        overlay(&mut l.message_burst, &self.message_burst);
+        overlay_some(&mut l.max_connection_age, &self.max_connection_age);
+        overlay(&mut c.presence_events, &self.presence_events);
         c.reuse_port |= self.reuse_port;
         let b = &mut c.broker;
-        b.url = self.broker.clone().or(b.url.take());
-        b.key_prefix = self
-            .broker_key_prefix
-            .clone()
-            .unwrap_or(std::mem::take(&mut b.key_prefix));
-        b.node = self.broker_node.clone().or(b.node.take());
-        b.presence_ttl = self.broker_presence_ttl.unwrap_or(b.presence_ttl);
-        b.probe_interval = self.broker_probe_interval.unwrap_or(b.probe_interval);
-        b.command_timeout = self.broker_command_timeout.unwrap_or(b.command_timeout);
+        overlay_some(&mut b.url, &self.broker);
+        overlay(&mut b.key_prefix, &self.broker_key_prefix);
+        overlay_some(&mut b.node, &self.broker_node);
+        overlay(&mut b.presence_ttl, &self.broker_presence_ttl);
+        overlay(&mut b.probe_interval, &self.broker_probe_interval);
+        overlay(&mut b.command_timeout, &self.broker_command_timeout);
         b.start_degraded |= self.broker_start_degraded;
-        b.tls_ca = self.broker_tls_ca.clone().or(b.tls_ca.take());
+        overlay_some(&mut b.tls_ca, &self.broker_tls_ca);
         self.http.apply(&mut c.http);
         self.ws.apply(&mut c.ws);
         self.hooks.apply(&mut c.hooks);
@@ -309,4 +309,162 @@ pub struct TokenArgs {
     /// Lifetime of the token.
     #[arg(long, default_value = "1h", value_parser = duration)]
     pub ttl: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `serve` flag reaches its config value, and flags not given leave the config's.
+    #[test]
+    fn each_flag_lands_on_its_config_value() {
+        let ms = Duration::from_millis;
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:9".parse().unwrap()),
+            heartbeat_interval: Some(ms(2001)),
+            heartbeat_min: Some(ms(1002)),
+            heartbeat_max: Some(ms(1_000_003)),
+            max_missed: Some(4),
+            handshake_timeout: Some(ms(1004)),
+            max_frame: Some(1005),
+            max_bad_frames: Some(6),
+            workers: Some(7),
+            outbound_budget: Some(100_008),
+            close_timeout: Some(ms(1009)),
+            history_size: Some(10),
+            history_ttl: Some(ms(1011)),
+            sweep_interval: Some(ms(1012)),
+            drain_timeout: Some(ms(1013)),
+            max_registry_restarts: Some(14),
+            registry_restart_window: Some(ms(1015)),
+            shutdown_reconnect: Some(ms(1016)),
+            backlog: Some(17),
+            tcp_keepalive_idle: Some(ms(1018)),
+            tcp_keepalive_interval: Some(ms(1019)),
+            tcp_keepalive_retries: Some(20),
+            tcp_user_timeout: Some(ms(1021)),
+            jwt_secret: Some("a-secret-of-22-bytes-x".into()),
+            auth_send: Some(SendPolicy::parse("none")),
+            max_connections: Some(23),
+            max_connections_per_ip: Some(24),
+            accept_rate: Some(25),
+            max_sessions_per_user: Some(26),
+            max_rooms_per_session: Some(27),
+            message_rate: Some(28),
+            message_burst: Some(29),
+            max_connection_age: Some(ms(1030)),
+            presence_events: Some(vec!["p-".into()]),
+            reuse_port: true,
+            broker: Some("redis://127.0.0.1:31/".into()),
+            broker_key_prefix: Some("prefix32".into()),
+            broker_node: Some("node33".into()),
+            broker_presence_ttl: Some(ms(100_034)),
+            broker_probe_interval: Some(ms(1035)),
+            broker_command_timeout: Some(ms(1036)),
+            broker_start_degraded: true,
+            ..ServeArgs::default()
+        };
+        let c = args.to_config().unwrap();
+        let got = (
+            (c.listen.to_string(), c.heartbeat_interval, c.heartbeat_min),
+            (c.heartbeat_max, c.max_missed, c.handshake_timeout),
+            (c.max_frame, c.max_bad_frames, c.workers, c.outbound_budget),
+            (
+                c.close_timeout,
+                c.history_size,
+                c.history_ttl,
+                c.sweep_interval,
+            ),
+            (
+                c.drain_timeout,
+                c.max_registry_restarts,
+                c.registry_restart_window,
+            ),
+            (c.shutdown_reconnect, c.backlog),
+        );
+        let want = (
+            ("127.0.0.1:9".to_owned(), ms(2001), Some(ms(1002))),
+            (Some(ms(1_000_003)), 4, ms(1004)),
+            (1005, 6, 7, 100_008),
+            (ms(1009), 10, ms(1011), ms(1012)),
+            (ms(1013), 14, ms(1015)),
+            (ms(1016), 17),
+        );
+        assert_eq!(got, want);
+        let t = &c.tcp;
+        assert_eq!(
+            (t.keepalive_idle, t.keepalive_interval),
+            (Some(ms(1018)), Some(ms(1019)))
+        );
+        assert_eq!(
+            (t.keepalive_retries, t.user_timeout),
+            (Some(20), Some(ms(1021)))
+        );
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("a-secret-of-22-bytes-x"));
+        assert_eq!(c.auth.jwt_public_key, None, "not given: the config's");
+        assert_eq!(c.auth.send, SendPolicy::parse("none"));
+        assert_eq!((c.tls.cert.as_ref(), c.tls.key.as_ref()), (None, None));
+        let l = &c.limits;
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_ip, l.accept_rate),
+            (23, 24, 25)
+        );
+        assert_eq!((l.max_sessions_per_user, l.max_rooms_per_session), (26, 27));
+        assert_eq!(
+            (l.message_rate, l.message_burst, l.max_connection_age),
+            (28, 29, Some(ms(1030)))
+        );
+        assert_eq!(c.presence_events, ["p-"]);
+        assert!(c.reuse_port);
+        let b = &c.broker;
+        assert_eq!(
+            (b.url.as_deref(), b.key_prefix.as_str(), b.node.as_deref()),
+            (Some("redis://127.0.0.1:31/"), "prefix32", Some("node33"))
+        );
+        assert_eq!(
+            (b.presence_ttl, b.probe_interval, b.command_timeout),
+            (ms(100_034), ms(1035), ms(1036))
+        );
+        assert!(b.start_degraded);
+        assert_eq!(b.tls_ca, None);
+
+        // The paths: given ones land, and nothing given keeps the defaults.
+        let paths = ServeArgs {
+            tls_cert: Some("cert.pem".into()),
+            tls_key: Some("key.pem".into()),
+            jwt_public_key: Some("jwt.pem".into()),
+            broker: Some("rediss://127.0.0.1:37/".into()),
+            broker_tls_ca: Some("ca.pem".into()),
+            ..ServeArgs::default()
+        };
+        let c = paths.to_config().unwrap();
+        assert_eq!(
+            (
+                c.tls.cert,
+                c.tls.key,
+                c.auth.jwt_public_key,
+                c.broker.tls_ca
+            ),
+            (
+                Some("cert.pem".into()),
+                Some("key.pem".into()),
+                Some("jwt.pem".into()),
+                Some("ca.pem".into())
+            )
+        );
+        let defaults = ServeArgs::default().to_config().unwrap();
+        let default = Config::default();
+        assert_eq!(
+            (
+                defaults.listen,
+                defaults.heartbeat_interval,
+                defaults.limits.max_connections
+            ),
+            (
+                default.listen,
+                default.heartbeat_interval,
+                default.limits.max_connections
+            )
+        );
+    }
 }

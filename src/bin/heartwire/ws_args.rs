@@ -9,7 +9,7 @@ use clap::Args;
 
 use heartwire::ws::WsConfig;
 
-use crate::serve_args::duration;
+use crate::serve_args::{duration, overlay, overlay_some};
 
 /// WebSocket options of `heartwire serve`.
 #[derive(Debug, Clone, Default, Args)]
@@ -35,14 +35,8 @@ pub struct WsArgs {
 impl WsArgs {
     /// Lays the given options over `config`.
     pub fn apply(&self, config: &mut WsConfig) {
-        if let Some(addr) = self.ws {
-            config.listen = Some(addr);
-        }
-        if let Some(origins) = &self.ws_allowed_origins {
-            config.allowed_origins = origins.clone();
-        }
-        if let Some(linger) = self.ws_close_linger {
-            config.close_linger = linger;
-        }
+        overlay_some(&mut config.listen, &self.ws);
+        overlay(&mut config.allowed_origins, &self.ws_allowed_origins);
+        overlay(&mut config.close_linger, &self.ws_close_linger);
     }
 }

@@ -44,7 +44,9 @@ use futures_util::stream::{self, LocalBoxStream};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
-use redis::{Client, IntoConnectionInfo, RedisError, RedisResult, Script};
+use redis::{
+    Client, FromRedisValue, IntoConnectionInfo, RedisError, RedisResult, Script, ScriptInvocation,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use self::keys::Keys;
@@ -381,6 +383,41 @@ impl Shared {
         }
     }
 
+    /// Runs a script on the command connection, through [`Shared::call`].
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        op: StoreOp,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, BrokerError> {
+        let mut commands = self.commands();
+        self.call(op, invocation.invoke_async(&mut commands)).await
+    }
+
+    /// Runs a command on the command connection, through [`Shared::call`].
+    async fn query<T: FromRedisValue>(
+        &self,
+        op: StoreOp,
+        command: &redis::Cmd,
+    ) -> Result<T, BrokerError> {
+        let mut commands = self.commands();
+        self.call(op, command.query_async(&mut commands)).await
+    }
+
+    /// `script` with `room`'s stream keys: its meta hash, then its history.
+    fn room_script<'a>(&self, script: &'a Script, room: &RoomName) -> ScriptInvocation<'a> {
+        let mut invocation = script.key(self.keys.meta(room));
+        invocation.key(self.keys.history(room));
+        invocation
+    }
+
+    /// `script` with the three keys of `room`'s presence.
+    fn presence_script<'a>(&self, script: &'a Script, room: &RoomName) -> ScriptInvocation<'a> {
+        let [pz, pm, pu] = self.keys.presence(room);
+        let mut invocation = script.key(pz);
+        invocation.key(pm).key(pu);
+        invocation
+    }
+
     fn went_down(&self, error: &dyn std::fmt::Display) {
         if !self.store_down.replace(true) {
             tracing::warn!(%error, "the message store is unreachable");
@@ -468,23 +505,16 @@ impl Shared {
         room: &RoomName,
         members: &[(String, UserName)],
     ) -> Result<(), BrokerError> {
-        let [pz, pm, pu] = self.keys.presence(room);
-        let mut invocation = self.scripts.presence_add.key(pz);
+        let mut invocation = self.presence_script(&self.scripts.presence_add, room);
         invocation
-            .key(pm)
-            .key(pu)
             .arg(self.settings.presence_ttl_ms())
             .arg(self.keys.room_channel(room));
         for (member, user) in members {
             invocation.arg(member).arg(user.as_str());
         }
-        let mut commands = self.commands();
-        self.call(
-            StoreOp::Presence,
-            invocation.invoke_async::<i64>(&mut commands),
-        )
-        .await
-        .map(drop)
+        self.invoke::<i64>(StoreOp::Presence, &invocation)
+            .await
+            .map(drop)
     }
 
     async fn presence_remove(
@@ -492,20 +522,11 @@ impl Shared {
         room: &RoomName,
         members: &[String],
     ) -> Result<(), BrokerError> {
-        let [pz, pm, pu] = self.keys.presence(room);
-        let mut invocation = self.scripts.presence_remove.key(pz);
-        invocation
-            .key(pm)
-            .key(pu)
-            .arg(self.keys.room_channel(room))
-            .arg(members);
-        let mut commands = self.commands();
-        self.call(
-            StoreOp::Presence,
-            invocation.invoke_async::<i64>(&mut commands),
-        )
-        .await
-        .map(drop)
+        let mut invocation = self.presence_script(&self.scripts.presence_remove, room);
+        invocation.arg(self.keys.room_channel(room)).arg(members);
+        self.invoke::<i64>(StoreOp::Presence, &invocation)
+            .await
+            .map(drop)
     }
 
     async fn claim(
@@ -519,13 +540,9 @@ impl Shared {
             .arg(self.settings.presence_ttl_ms())
             .arg(max)
             .arg(members);
-        let mut commands = self.commands();
-        self.call(
-            StoreOp::Sessions,
-            invocation.invoke_async::<i64>(&mut commands),
-        )
-        .await
-        .map(|claimed| claimed == 1)
+        self.invoke::<i64>(StoreOp::Sessions, &invocation)
+            .await
+            .map(|claimed| claimed == 1)
     }
 
     /// Publishes `payload` to the nodes holding sessions of `user`; returns how many of its
@@ -536,12 +553,7 @@ impl Shared {
             .arg(self.keys.user_channel(user))
             .arg(format!("{}-", self.settings.node))
             .arg(payload);
-        let mut commands = self.commands();
-        self.call(
-            StoreOp::ToUser,
-            invocation.invoke_async::<usize>(&mut commands),
-        )
-        .await
+        self.invoke(StoreOp::ToUser, &invocation).await
     }
 
     /// `<kind><node>:<body>`: a message other nodes can tell is not theirs.
@@ -717,8 +729,7 @@ impl Broker for RedisBroker {
             let (head, tail) = message_around_seq(&room, from.as_deref(), &data, id.as_deref());
             let keys = &shared.keys;
             let settings = &shared.settings;
-            let mut invocation = shared.scripts.publish.key(keys.meta(&room));
-            invocation.key(keys.history(&room));
+            let mut invocation = shared.room_script(&shared.scripts.publish, &room);
             if let Some(id) = &id {
                 invocation.key(keys.dedupe(&room, from.as_ref(), id));
             }
@@ -731,10 +742,8 @@ impl Broker for RedisBroker {
                 .arg(settings.meta_ttl_secs())
                 .arg(new_epoch())
                 .arg(settings.dedupe_ttl_ms());
-            let mut commands = shared.commands();
-            let (seq, epoch, duplicate): (u64, String, u8) = shared
-                .call(StoreOp::Publish, invocation.invoke_async(&mut commands))
-                .await?;
+            let (seq, epoch, duplicate): (u64, String, u8) =
+                shared.invoke(StoreOp::Publish, &invocation).await?;
             Ok(Published {
                 seq,
                 epoch: epoch.into(),
@@ -754,18 +763,15 @@ impl Broker for RedisBroker {
         let wanted_epoch = epoch.map(str::to_owned);
         Box::pin(async move {
             let settings = &shared.settings;
-            let mut invocation = shared.scripts.history.key(shared.keys.meta(&room));
+            let mut invocation = shared.room_script(&shared.scripts.history, &room);
             invocation
-                .key(shared.keys.history(&room))
                 .arg(since.map(|s| s.to_string()).unwrap_or_default())
                 .arg(wanted_epoch.as_deref().unwrap_or(""))
                 .arg(new_epoch())
                 .arg(settings.history_ttl_ms())
                 .arg(settings.meta_ttl_secs());
-            let mut commands = shared.commands();
-            let (epoch, top, entries): (String, u64, Vec<(u64, Vec<u8>)>) = shared
-                .call(StoreOp::History, invocation.invoke_async(&mut commands))
-                .await?;
+            let (epoch, top, entries): (String, u64, Vec<(u64, Vec<u8>)>) =
+                shared.invoke(StoreOp::History, &invocation).await?;
             let same_epoch = wanted_epoch.as_deref().is_none_or(|e| e == epoch);
             let mut history = History {
                 epoch: epoch.into(),
@@ -842,11 +848,12 @@ impl Broker for RedisBroker {
         let channel = shared.keys.node_channel(node);
         let payload = format!("s{reason}:{session}");
         Box::pin(async move {
-            let mut commands = shared.commands();
             let mut publish = redis::cmd("PUBLISH");
             publish.arg(channel).arg(payload);
-            let publish = publish.query_async::<i64>(&mut commands);
-            shared.call(StoreOp::ToNode, publish).await.map(drop)
+            shared
+                .query::<i64>(StoreOp::ToNode, &publish)
+                .await
+                .map(drop)
         })
     }
 
@@ -892,16 +899,9 @@ impl Broker for RedisBroker {
         let shared = self.shared.clone();
         let room = room.clone();
         Box::pin(async move {
-            let [pz, pm, pu] = shared.keys.presence(&room);
-            let mut invocation = shared.scripts.presence_users.key(pz);
-            invocation
-                .key(pm)
-                .key(pu)
-                .arg(shared.keys.room_channel(&room));
-            let mut commands = shared.commands();
-            let users: Vec<String> = shared
-                .call(StoreOp::Presence, invocation.invoke_async(&mut commands))
-                .await?;
+            let mut invocation = shared.presence_script(&shared.scripts.presence_users, &room);
+            invocation.arg(shared.keys.room_channel(&room));
+            let users: Vec<String> = shared.invoke(StoreOp::Presence, &invocation).await?;
             let mut users: Vec<UserName> = users.into_iter().map(UserName::checked).collect();
             users.sort_unstable();
             Ok(users)
@@ -943,11 +943,9 @@ impl Broker for RedisBroker {
         let member = member.to_owned();
         // A release the store does not take expires with the ttl.
         actix_rt::spawn(async move {
-            let mut commands = shared.commands();
             let mut zrem = redis::cmd("ZREM");
             zrem.arg(key).arg(member);
-            let zrem = zrem.query_async::<i64>(&mut commands);
-            let _ = shared.call(StoreOp::Sessions, zrem).await;
+            let _ = shared.query::<i64>(StoreOp::Sessions, &zrem).await;
         });
     }
 
@@ -956,17 +954,10 @@ impl Broker for RedisBroker {
         let room = room.clone();
         let epoch = epoch.to_owned();
         Box::pin(async move {
-            let mut invocation = shared.scripts.restart.key(shared.keys.meta(&room));
-            invocation
-                .key(shared.keys.history(&room))
-                .arg(epoch)
-                .arg(seen);
-            let mut commands = shared.commands();
+            let mut invocation = shared.room_script(&shared.scripts.restart, &room);
+            invocation.arg(epoch).arg(seen);
             shared
-                .call(
-                    StoreOp::History,
-                    invocation.invoke_async::<i64>(&mut commands),
-                )
+                .invoke::<i64>(StoreOp::History, &invocation)
                 .await
                 .map(drop)
         })

@@ -145,13 +145,15 @@ impl Raw {
             .expect("write");
     }
 
-    /// The next frame that is not a ping (pings are answered).
+    /// The next frame that is not a ping (pings are answered). Panics after [`PATIENCE`] in
+    /// all, however many pings arrive meanwhile.
     pub async fn recv(&mut self) -> Value {
+        let until = tokio::time::Instant::now() + PATIENCE;
         loop {
             let mut line = String::new();
-            let n = tokio::time::timeout(PATIENCE, self.reader.read_line(&mut line))
+            let n = tokio::time::timeout_at(until, self.reader.read_line(&mut line))
                 .await
-                .expect("frame in time")
+                .expect("a frame but pings in time")
                 .expect("read");
             assert!(n > 0, "connection closed");
             let frame: Value = serde_json::from_str(&line).expect("JSON");

@@ -1,6 +1,8 @@
 #![allow(dead_code)]
 //! Test harness: a real server on port 0 and a raw line-oriented client over real sockets.
 
+#[cfg(feature = "cli")]
+pub mod process;
 #[cfg(feature = "redis")]
 pub mod redis;
 
@@ -120,9 +122,7 @@ impl Client {
 
     /// Skips pings and returns the next frame, asserting its type.
     pub async fn recv_type(&mut self, kind: &str) -> Value {
-        let frame = self.recv_non_ping().await;
-        assert_eq!(frame["type"], kind, "expected {kind}, got {frame}");
-        frame
+        of_type(self.recv_non_ping().await, kind)
     }
 
     /// Reads until EOF (answering nothing); returns the frames seen, pings excluded.
@@ -151,6 +151,24 @@ impl Client {
             }
         }
     }
+}
+
+/// `frame`, after asserting that its type is `kind`.
+pub fn of_type(frame: Value, kind: &str) -> Value {
+    assert_eq!(frame["type"], kind, "expected {kind}, got {frame}");
+    frame
+}
+
+/// A TCP connection to `addr` with `SO_RCVBUF` set to `rcvbuf` bytes (the kernel may round it
+/// up), so that the server's writes to it block soon after it stops reading.
+pub async fn connect_with_rcvbuf(addr: SocketAddr, rcvbuf: u32) -> TcpStream {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("socket");
+    socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+    socket.connect(addr).await.expect("connect")
 }
 
 /// Polls `check` until it is true or [`PATIENCE`] passes.
@@ -228,6 +246,17 @@ impl Client {
     }
 }
 
+/// The first page (ten) of the server's connections, as the application sees them.
+pub async fn first_connections(server: &ServerHandle) -> heartwire::ConnectionPage {
+    server
+        .connections(heartwire::ConnectionQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("registry answers")
+}
+
 /// The registry's current counts.
 pub async fn stats(server: &ServerHandle) -> heartwire::Overview {
     server.overview().await.expect("registry answers")
@@ -270,17 +299,21 @@ pub struct RawClient {
 impl RawClient {
     /// Connects with `SO_RCVBUF` set to `rcvbuf` bytes (the kernel may round it up).
     pub async fn connect_small(addr: SocketAddr, rcvbuf: u32) -> RawClient {
-        let socket = match addr {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-        }
-        .expect("socket");
-        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
-        let stream = socket.connect(addr).await.expect("connect");
         RawClient {
-            stream,
+            stream: connect_with_rcvbuf(addr, rcvbuf).await,
             buf: Vec::new(),
         }
+    }
+
+    /// Connects with a 4 KiB receive buffer, says hello as `user` and subscribes to `room`:
+    /// a subscriber whose server-side writes block soon once it stops reading.
+    pub async fn slow_subscriber(addr: SocketAddr, user: &str, room: &str) -> RawClient {
+        let mut c = RawClient::connect_small(addr, 4096).await;
+        c.send(json!({"type": "hello", "user": user})).await;
+        c.recv_type("welcome").await;
+        c.send(json!({"type": "subscribe", "room": room})).await;
+        c.recv_type("subscribed").await;
+        c
     }
 
     pub async fn send(&mut self, frame: Value) {
@@ -301,8 +334,7 @@ impl RawClient {
                 if frame["type"] == "ping" {
                     continue;
                 }
-                assert_eq!(frame["type"], kind, "expected {kind}, got {frame}");
-                return frame;
+                return of_type(frame, kind);
             }
             let mut chunk = [0u8; 4096];
             let left = until.saturating_duration_since(Instant::now());
@@ -367,6 +399,17 @@ pub fn test_pki() -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&paths.1, cert.pem()).unwrap();
     std::fs::write(&paths.2, key.serialize_pem()).unwrap();
     paths
+}
+
+/// A test CA's certificate (PEM file) and the server's TLS settings: a certificate for
+/// `localhost` and `127.0.0.1` it signed, and its key.
+pub fn test_tls() -> (PathBuf, heartwire::TlsConfig) {
+    let (ca, cert, key) = test_pki();
+    let tls = heartwire::TlsConfig {
+        cert: Some(cert),
+        key: Some(key),
+    };
+    (ca, tls)
 }
 
 #[cfg(feature = "ws")]

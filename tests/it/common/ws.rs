@@ -86,9 +86,7 @@ impl WsClient {
     /// Connects with `SO_RCVBUF` set to `rcvbuf` bytes, so that the server's writes block soon
     /// after the client stops reading.
     pub async fn connect_small(addr: SocketAddr, rcvbuf: u32) -> WsClient {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
-        let stream = socket.connect(addr).await.expect("connect");
+        let stream = super::connect_with_rcvbuf(addr, rcvbuf).await;
         let (ws, _) = tokio_tungstenite::client_async(
             format!("ws://{addr}/ws"),
             MaybeTlsStream::Plain(stream),
@@ -96,6 +94,17 @@ impl WsClient {
         .await
         .expect("WebSocket handshake");
         WsClient::new(ws)
+    }
+
+    /// Connects with a 4 KiB receive buffer, says hello as `user` and subscribes to `room`:
+    /// a subscriber whose server-side writes block soon once it stops reading.
+    pub async fn slow_subscriber(addr: SocketAddr, user: &str, room: &str) -> WsClient {
+        let mut c = WsClient::connect_small(addr, 4096).await;
+        c.send(json!({"type": "hello", "user": user})).await;
+        c.recv_type("welcome").await;
+        c.send(json!({"type": "subscribe", "room": room})).await;
+        c.recv_type("subscribed").await;
+        c
     }
 
     /// Connects and says hello as `user`; returns the client and its `welcome`.
@@ -159,10 +168,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsClient<S> {
         }
     }
 
-    /// The next frame that is not a server `ping` (answered when `auto_pong`).
+    /// The next frame that is not a server `ping` (answered when `auto_pong`). Panics after
+    /// [`PATIENCE`] in all, however many pings arrive meanwhile.
     pub async fn recv_non_ping(&mut self) -> Value {
+        let until = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let frame = self.recv().await;
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let frame = match self.event_within(left).await {
+                Some(Event::Frame(frame)) => frame,
+                Some(other) => panic!("expected a frame, got {other:?}"),
+                None => panic!("no frame but pings within {PATIENCE:?}"),
+            };
             if frame["type"] == "ping" {
                 if self.auto_pong {
                     self.send(json!({"type": "pong", "seq": frame["seq"]}))
@@ -176,9 +192,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsClient<S> {
 
     /// The next non-ping frame, asserting its type.
     pub async fn recv_type(&mut self, kind: &str) -> Value {
-        let frame = self.recv_non_ping().await;
-        assert_eq!(frame["type"], kind, "expected {kind}, got {frame}");
-        frame
+        super::of_type(self.recv_non_ping().await, kind)
     }
 
     /// Reads to the end: the frames seen (pings excluded) and the close frame, if any.

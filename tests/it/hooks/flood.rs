@@ -4,9 +4,8 @@
 //! binary in a process of its own, so that its resident memory (`VmRSS`) is measured without
 //! this test process's other servers in it.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,63 +15,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::http::{Backend, SECRET};
+use crate::common::process::{serve_command, ChildGuard};
 use crate::common::{Client, PATIENCE};
 
-/// Kills and reaps the server when the test ends, failed or not.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Server {
-    /// `heartwire serve` with a publish hook at `url`; returns it and its address.
-    fn start(url: &str) -> (Server, SocketAddr) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_heartwire"));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HEARTWIRE_") {
-                cmd.env_remove(key);
-            }
-        }
-        let mut child = cmd
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
-            .args(["--hook-publish-url", url, "--hook-timeout", "5s"])
-            .args(["--hook-max-in-flight", "2"])
-            .env("HEARTWIRE_HOOK_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn heartwire");
-        let stdout = child.stdout.take().expect("stdout");
-        let server = Server(child);
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read stdout");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("address");
-        (server, addr)
-    }
-
-    /// Resident memory in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
-            .expect("/proc/PID/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
+/// `heartwire serve` with a publish hook at `url`; returns it and its address.
+fn start_server(url: &str) -> (ChildGuard, SocketAddr) {
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--hook-publish-url",
+        url,
+        "--hook-timeout",
+        "5s",
+        "--hook-max-in-flight",
+        "2",
+    ];
+    let env = [("HEARTWIRE_HOOK_SECRET", SECRET), ("RUST_LOG", "warn")];
+    let mut server = ChildGuard::spawn(serve_command(&args, &env).stderr(Stdio::null()));
+    let lines = server.stdout_lines();
+    let addr = server.announced(&lines, "listening on ");
+    (server, addr)
 }
 
 const FLOODERS: usize = 4;
@@ -84,7 +48,7 @@ const MAX_GROWTH_KIB: u64 = 16 << 10;
 #[actix_rt::test]
 async fn a_flood_through_a_slow_hook_keeps_server_memory_bounded() {
     let backend = Backend::start();
-    let (server, addr) = Server::start(&format!("{}/publish", backend.url));
+    let (server, addr) = start_server(&format!("{}/publish", backend.url));
 
     // Warm up: every flooder's session and the hook path (client, connections) exist.
     let mut flooders = Vec::new();

@@ -481,8 +481,13 @@ async fn connect_hook_timeout_denies_with_a_reconnect_hint() {
 
 #[actix_rt::test]
 async fn a_panicking_hook_is_a_failure_and_the_session_lives_on() {
+    // One worker: the session that closes next runs on the thread where the hook panicked.
     let server = start(
-        ServerBuilder::new(config()).on_publish(|p: PublishRequest| async move {
+        ServerBuilder::new(Config {
+            workers: 1,
+            ..config()
+        })
+        .on_publish(|p: PublishRequest| async move {
             assert!(!p.data.get().contains("boom"), "the hook's own bug");
             MessageDecision::Accept
         }),
@@ -495,6 +500,15 @@ async fn a_panicking_hook_is_a_failure_and_the_session_lives_on() {
         .await;
     assert_eq!(c.recv_type("message").await["data"], "fine");
     assert_eq!(metric(&server, &calls("publish", "error")).await, 1);
+    // A clean close afterwards is not taken for a crash.
+    c.send(json!({"type": "bye"})).await;
+    c.until_closed().await;
+    let server = &server;
+    crate::common::eventually("the session is gone", || async move {
+        metric(server, "heartwire_connections").await == 0
+    })
+    .await;
+    assert_eq!(metric(server, "heartwire_session_panics_total").await, 0);
 }
 
 #[actix_rt::test]
