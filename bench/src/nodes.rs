@@ -196,17 +196,20 @@ mod tests {
             rss_kib: 100,
             rss_anon_kib: 60,
             cpu_seconds: 1.5,
+            user_cpu_seconds: 1.0,
             threads: 4,
         };
         let b = ProcSample {
             rss_kib: 300,
             rss_anon_kib: 200,
             cpu_seconds: 0.5,
+            user_cpu_seconds: 0.25,
             threads: 5,
         };
         let s = sum_samples(&[a, b]);
         assert_eq!((s.rss_kib, s.rss_anon_kib, s.threads), (400, 260, 9));
         assert!((s.cpu_seconds - 2.0).abs() < 1e-9);
+        assert!((s.user_cpu_seconds - 1.25).abs() < 1e-9);
     }
 
     #[test]
