@@ -58,6 +58,7 @@ pub mod protocol;
 mod registry;
 mod server;
 mod session;
+mod small_set;
 #[doc(hidden)]
 pub mod testing;
 mod tls;

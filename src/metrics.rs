@@ -26,7 +26,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use bytes::Bytes;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -583,11 +582,11 @@ impl Metrics {
         self.bytes_in.inc_by(len as u64 + 1);
     }
 
-    /// A batch of frames was written to a socket.
-    pub(crate) fn frames_written(&self, batch: &[Bytes]) {
+    /// Frames were written to a socket (each whole, newline included).
+    pub(crate) fn frames_written<'a>(&self, frames: impl IntoIterator<Item = &'a [u8]>) {
         let mut tally = [0u64; OutType::ALL.len()];
         let mut bytes = 0;
-        for frame in batch {
+        for frame in frames {
             tally[usize::from(out_type(frame))] += 1;
             bytes += frame.len() as u64;
         }
@@ -736,9 +735,9 @@ mod tests {
     fn encodes_with_prefix_and_counts() {
         let m = Metrics::new();
         m.accepted();
-        m.frames_written(&[
-            Bytes::from_static(b"{\"type\":\"ping\",\"seq\":1}\n"),
-            Bytes::from_static(b"{\"type\":\"ping\",\"seq\":2}\n"),
+        m.frames_written([
+            &b"{\"type\":\"ping\",\"seq\":1}\n"[..],
+            &b"{\"type\":\"ping\",\"seq\":2}\n"[..],
         ]);
         m.closed(Some(ByeReason::SlowConsumer));
         m.closed(None);

@@ -2,12 +2,16 @@
 //! API: anything here may change in any release.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::metrics::Metrics;
 use crate::names::{NameLimits, RoomName, UserName};
 pub use crate::outbox::Outbox;
+use crate::outbox::{OnEvent, Worker};
 pub use crate::protocol::codec::LineCodec;
 use crate::protocol::{Inbound, Outbound};
 use crate::registry::{self, SessionId};
@@ -94,4 +98,51 @@ pub async fn redis_broker(
 ) -> Result<crate::broker::RedisBroker, crate::broker::BrokerError> {
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     crate::broker::RedisBroker::connect(config, limits, node.to_owned(), metrics).await
+}
+
+/// Outboxes for accepted plain TCP connections, as server sessions have them, all written by
+/// the current arbiter (one worker): a frame pushed here into an empty outbox is written at
+/// once with `try_write`, frames pushed from other threads come in per-worker batches, and a
+/// write that would block is finished by a flush task on this arbiter. Call it on the arbiter
+/// that is to write the sockets, once per arbiter.
+pub fn direct_outboxes(streams: Vec<tokio::net::TcpStream>, budget: usize) -> Vec<Arc<Outbox>> {
+    let worker = Worker::new(actix_rt::Arbiter::current());
+    worker.enter();
+    let metrics = Arc::new(Metrics::new());
+    streams
+        .into_iter()
+        .map(|stream| {
+            let (_read, write) = stream.into_split();
+            let me = Arc::new(OnceLock::<Weak<Outbox>>::new());
+            let on_event: OnEvent = {
+                let (me, worker) = (me.clone(), worker.clone());
+                Box::new(move |_| {
+                    if let Some(outbox) = me.get().and_then(Weak::upgrade) {
+                        worker.spawn(async move {
+                            outbox.flush(Duration::from_secs(5)).await;
+                        });
+                    }
+                })
+            };
+            let outbox = Outbox::direct(budget, metrics.clone(), on_event, write, worker.clone());
+            let _ = me.set(Arc::downgrade(&outbox));
+            outbox
+        })
+        .collect()
+}
+
+/// Outboxes for accepted plain TCP connections drained by one writer task each on the current
+/// arbiter: the path TLS and WebSocket connections take, and plain TCP took before direct
+/// writes.
+pub fn task_outboxes(streams: Vec<tokio::net::TcpStream>, budget: usize) -> Vec<Arc<Outbox>> {
+    let metrics = Arc::new(Metrics::new());
+    streams
+        .into_iter()
+        .map(|stream| {
+            let (_read, write) = stream.into_split();
+            let outbox = Outbox::for_session(budget, metrics.clone(), Box::new(|_| {}));
+            actix_rt::spawn(outbox.clone().run_writer(write, Duration::from_secs(5)));
+            outbox
+        })
+        .collect()
 }

@@ -671,10 +671,15 @@ pub async fn run_with(args: &BenchArgs, progress: &Progress) -> Result<Report, B
                 .then(|| (w.rss_mean_kib as f64 - before.rss_kib as f64) * 1024.0 / held as f64),
             cpu_seconds: w.cpu_seconds,
             cpu_percent: 100.0 * w.cpu_seconds / window_seconds.max(1e-9),
+            user_cpu_seconds: w.user_cpu_seconds,
             cpu_per_round_trip_us: (mode == Mode::Idle && round_trips > 0)
                 .then(|| w.cpu_seconds * 1e6 / round_trips as f64),
+            user_cpu_per_round_trip_us: (mode == Mode::Idle && round_trips > 0)
+                .then(|| w.user_cpu_seconds * 1e6 / round_trips as f64),
             deliveries_per_cpu_second: (mode == Mode::Fanout && w.cpu_seconds > 0.0)
                 .then(|| tally.delivered as f64 / w.cpu_seconds),
+            deliveries_per_user_cpu_second: (mode == Mode::Fanout && w.user_cpu_seconds > 0.0)
+                .then(|| tally.delivered as f64 / w.user_cpu_seconds),
             threads: w.threads,
             open_file_limit: server_fd_limit,
             exited: w.exited,

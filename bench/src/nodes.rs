@@ -138,6 +138,7 @@ fn sum_samples(samples: &[ProcSample]) -> ProcSample {
         rss_kib: samples.iter().map(|s| s.rss_kib).sum(),
         rss_anon_kib: samples.iter().map(|s| s.rss_anon_kib).sum(),
         cpu_seconds: samples.iter().map(|s| s.cpu_seconds).sum(),
+        user_cpu_seconds: samples.iter().map(|s| s.user_cpu_seconds).sum(),
         threads: samples.iter().map(|s| s.threads).sum(),
     }
 }
@@ -146,6 +147,7 @@ fn sum_samples(samples: &[ProcSample]) -> ProcSample {
 fn sum_windows(windows: &[Window]) -> Window {
     Window {
         cpu_seconds: windows.iter().map(|w| w.cpu_seconds).sum(),
+        user_cpu_seconds: windows.iter().map(|w| w.user_cpu_seconds).sum(),
         rss_mean_kib: windows.iter().map(|w| w.rss_mean_kib).sum(),
         rss_max_kib: windows.iter().map(|w| w.rss_max_kib).sum(),
         anon_mean_kib: windows.iter().map(|w| w.anon_mean_kib).sum(),
@@ -194,17 +196,20 @@ mod tests {
             rss_kib: 100,
             rss_anon_kib: 60,
             cpu_seconds: 1.5,
+            user_cpu_seconds: 1.0,
             threads: 4,
         };
         let b = ProcSample {
             rss_kib: 300,
             rss_anon_kib: 200,
             cpu_seconds: 0.5,
+            user_cpu_seconds: 0.25,
             threads: 5,
         };
         let s = sum_samples(&[a, b]);
         assert_eq!((s.rss_kib, s.rss_anon_kib, s.threads), (400, 260, 9));
         assert!((s.cpu_seconds - 2.0).abs() < 1e-9);
+        assert!((s.user_cpu_seconds - 1.25).abs() < 1e-9);
     }
 
     #[test]

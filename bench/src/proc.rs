@@ -23,6 +23,8 @@ pub struct ProcSample {
     pub rss_anon_kib: u64,
     /// User plus system CPU time consumed so far, seconds.
     pub cpu_seconds: f64,
+    /// User-space CPU time consumed so far, seconds (`utime`; the rest is `stime`).
+    pub user_cpu_seconds: f64,
     /// Threads.
     pub threads: u64,
 }
@@ -35,19 +37,31 @@ pub fn sample(pid: Option<u32>) -> io::Result<ProcSample> {
     };
     let stat = fs::read_to_string(format!("{dir}/stat"))?;
     let status = fs::read_to_string(format!("{dir}/status"))?;
-    let (cpu_seconds, threads) = parse_stat(&stat)
+    let cpu = parse_stat(&stat)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable stat"))?;
     let status = parse_status(&status);
     Ok(ProcSample {
         rss_kib: status.get("VmRSS").copied().unwrap_or(0),
         rss_anon_kib: status.get("RssAnon").copied().unwrap_or(0),
-        cpu_seconds,
-        threads,
+        cpu_seconds: cpu.user + cpu.system,
+        user_cpu_seconds: cpu.user,
+        threads: cpu.threads,
     })
 }
 
-/// CPU seconds (utime + stime) and thread count from the text of `/proc/PID/stat`.
-pub fn parse_stat(text: &str) -> Option<(f64, u64)> {
+/// What `/proc/PID/stat` says about CPU and threads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StatCpu {
+    /// User-space CPU seconds (`utime`).
+    pub user: f64,
+    /// Kernel CPU seconds (`stime`).
+    pub system: f64,
+    /// Threads.
+    pub threads: u64,
+}
+
+/// CPU seconds (utime, stime) and thread count from the text of `/proc/PID/stat`.
+pub fn parse_stat(text: &str) -> Option<StatCpu> {
     // The command name (field 2) is in parentheses and may contain spaces.
     let after = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -55,7 +69,11 @@ pub fn parse_stat(text: &str) -> Option<(f64, u64)> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     let threads: u64 = fields.get(17)?.parse().ok()?;
-    Some(((utime + stime) as f64 / USER_HZ, threads))
+    Some(StatCpu {
+        user: utime as f64 / USER_HZ,
+        system: stime as f64 / USER_HZ,
+        threads,
+    })
 }
 
 /// The `kB` values of `/proc/PID/status`, by key.
@@ -154,6 +172,8 @@ pub struct Sampler {
 pub struct Window {
     /// CPU seconds used in the window.
     pub cpu_seconds: f64,
+    /// User-space CPU seconds used in the window.
+    pub user_cpu_seconds: f64,
     /// Mean RSS over the samples, KiB.
     pub rss_mean_kib: u64,
     /// Largest RSS seen, KiB.
@@ -210,6 +230,7 @@ impl Sampler {
         let n = u64::from(self.samples);
         Window {
             cpu_seconds: (self.last.cpu_seconds - self.start.cpu_seconds).max(0.0),
+            user_cpu_seconds: (self.last.user_cpu_seconds - self.start.user_cpu_seconds).max(0.0),
             rss_mean_kib: self.rss_sum_kib / n,
             rss_max_kib: self.rss_max_kib,
             anon_mean_kib: self.anon_sum_kib / n,
@@ -227,7 +248,8 @@ mod tests {
     fn stat_with_spaces_in_the_name() {
         let text = "4242 (my (odd) server) S 1 4242 4242 0 -1 4194560 900 0 0 0 \
                     250 130 0 0 20 0 7 0 12345 1000000 500 18446744073709551615";
-        assert_eq!(parse_stat(text), Some((3.8, 7)));
+        let cpu = parse_stat(text).unwrap();
+        assert_eq!((cpu.user, cpu.system, cpu.threads), (2.5, 1.3, 7));
     }
 
     #[test]

@@ -118,10 +118,16 @@ pub struct ServerReport {
     pub cpu_seconds: f64,
     /// CPU in the window as a share of one core, percent.
     pub cpu_percent: f64,
+    /// User-space CPU seconds in the window (the rest of `cpu_seconds` is the kernel's).
+    pub user_cpu_seconds: f64,
     /// CPU per heartbeat round trip, µs (idle, detect before silence).
     pub cpu_per_round_trip_us: Option<f64>,
+    /// User-space CPU per heartbeat round trip, µs.
+    pub user_cpu_per_round_trip_us: Option<f64>,
     /// Messages delivered per server CPU-second (fan-out).
     pub deliveries_per_cpu_second: Option<f64>,
+    /// Messages delivered per server user-space CPU-second (fan-out).
+    pub deliveries_per_user_cpu_second: Option<f64>,
     /// Threads at the end of the window.
     pub threads: u64,
     /// The server's open-file limit.
@@ -387,15 +393,27 @@ impl Report {
             row(
                 "server: CPU",
                 format!(
-                    "{:.2} s ({:.0}% of a core), {} threads",
-                    s.cpu_seconds, s.cpu_percent, s.threads
+                    "{:.2} s ({:.0}% of a core; user {:.2} s, system {:.2} s), {} threads",
+                    s.cpu_seconds,
+                    s.cpu_percent,
+                    s.user_cpu_seconds,
+                    s.cpu_seconds - s.user_cpu_seconds,
+                    s.threads
                 ),
             );
             if let Some(us) = s.cpu_per_round_trip_us {
-                row("server: CPU/round trip", format!("{us:.2} µs"));
+                let user = s.user_cpu_per_round_trip_us.unwrap_or(0.0);
+                row(
+                    "server: CPU/round trip",
+                    format!("{us:.2} µs (user {user:.2} µs)"),
+                );
             }
             if let Some(d) = s.deliveries_per_cpu_second {
-                row("server: deliveries/CPU-s", format!("{d:.0}"));
+                let user = s.deliveries_per_user_cpu_second.unwrap_or(0.0);
+                row(
+                    "server: deliveries/CPU-s",
+                    format!("{d:.0} (per user CPU-s {user:.0})"),
+                );
             }
         }
         if let Some(c) = &self.chat {

@@ -29,6 +29,7 @@ use super::{
 use crate::names::{FrameId, RoomName, UserName};
 use crate::protocol::ByeReason;
 use crate::protocol::Outbound;
+use crate::small_set::SmallSet;
 
 /// Inbound events that may wait for the registry. The registry reads them between its
 /// messages, so the queue stays short; a publish that finds it full is refused as
@@ -52,7 +53,7 @@ pub struct MemoryBroker {
     /// Room → user → the sessions (members) of that user in the room.
     presence: RefCell<HashMap<RoomName, HashMap<UserName, HashSet<String>>>>,
     /// User → its sessions, for `max_sessions_per_user`.
-    sessions: RefCell<HashMap<UserName, HashSet<String>>>,
+    sessions: RefCell<HashMap<UserName, SmallSet<String>>>,
     /// What was held when a registry took over and has not been asserted again since.
     not_rejoined: RefCell<NotRejoined>,
     events: RefCell<Option<mpsc::Sender<BrokerEvent>>>,

@@ -549,6 +549,20 @@ pub(crate) fn message_len(
     count.0 + 1
 }
 
+/// Encodes a small frame (a ping, a pong) as one line on the stack and hands it to `f`: a
+/// frame written at once never touches the heap. Larger ones are encoded with
+/// [`encode_line`].
+pub(crate) fn with_line<T: Serialize + ?Sized, R>(value: &T, f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..63]);
+    if serde_json::to_writer(&mut cursor, value).is_ok() {
+        let len = cursor.position() as usize;
+        buf[len] = b'\n';
+        return f(&buf[..=len]);
+    }
+    f(&encode_line(value))
+}
+
 /// A room `message` frame cut around its `seq`: the first part ends with `"seq":`, the second
 /// starts right after the number and ends with the newline. A shared store that assigns the
 /// seq splices it in, so that every node forwards the same bytes without re-encoding them.

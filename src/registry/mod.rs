@@ -25,7 +25,7 @@
 //! skip its hooks, depending on how the actor is torn down) leaves a closed mailbox, which a
 //! periodic sweep finds with `Addr::connected` and removes with its room memberships.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +46,7 @@ use crate::names::{FrameId, RoomName, UserName};
 use crate::outbox::Outbox;
 use crate::protocol::{ByeReason, ErrorCode, Outbound};
 use crate::session::{Session, SessionGauge};
+use crate::small_set::SmallSet;
 
 pub(crate) mod admin;
 pub(crate) mod keeper;
@@ -104,7 +105,7 @@ struct Entry {
     outbox: Arc<Outbox>,
     peer: SocketAddr,
     user: Option<UserName>,
-    rooms: HashSet<RoomName>,
+    rooms: SmallSet<RoomName>,
     gauge: Arc<SessionGauge>,
 }
 
@@ -140,7 +141,7 @@ pub struct Registry {
     /// again before what they held in the broker lapses.
     rejoin_bound: std::time::Duration,
     sessions: HashMap<SessionId, Entry>,
-    users: HashMap<UserName, HashSet<SessionId>>,
+    users: HashMap<UserName, SmallSet<SessionId>>,
     /// Users with a session between its `Identify` and its admission: their channel stays
     /// wanted even when no admitted session of theirs is left here.
     identifying: HashMap<UserName, usize>,
@@ -508,7 +509,7 @@ impl Handler<Connect> for Registry {
                 outbox: msg.outbox,
                 peer: msg.peer,
                 user: None,
-                rooms: HashSet::new(),
+                rooms: SmallSet::default(),
                 gauge: msg.gauge,
             },
         );

@@ -586,7 +586,7 @@ impl Registry {
     }
 
     /// One subscriber cannot be given the room's stream without a hole.
-    fn resync_one(&mut self, room: &RoomName, id: SessionId, outbox: &crate::outbox::Outbox) {
+    fn resync_one(&mut self, room: &RoomName, id: SessionId, outbox: &Arc<crate::outbox::Outbox>) {
         Self::push_resync(room, outbox);
         if let Some(addr) = self.sessions.get(&id).map(|e| e.addr.clone()) {
             addr.do_send(super::RoomDropped(room.clone()));
@@ -598,7 +598,7 @@ impl Registry {
         &mut self,
         room: &RoomName,
         id: SessionId,
-        outbox: &crate::outbox::Outbox,
+        outbox: &Arc<crate::outbox::Outbox>,
         user: Option<&UserName>,
     ) {
         Self::push_resync(room, outbox);
@@ -616,7 +616,7 @@ impl Registry {
         }
     }
 
-    fn push_resync(room: &RoomName, outbox: &crate::outbox::Outbox) {
+    fn push_resync(room: &RoomName, outbox: &Arc<crate::outbox::Outbox>) {
         let frame = Outbound::Unsubscribed {
             room,
             reason: Some("resync"),

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Keepalive};
 use crate::limits::{ConnectionPermit, ConnectionTracker, Refusal};
 use crate::metrics::Limit;
+use crate::outbox::Worker;
 use crate::protocol::{ByeReason, Outbound};
 use crate::session::{Session, SessionShared};
 use crate::tls::TlsAcceptor;
@@ -65,7 +66,7 @@ pub(super) struct AcceptLoop {
     pub(super) tls: Option<TlsAcceptor>,
     pub(super) tracker: Arc<ConnectionTracker>,
     pub(super) accept_rate: Option<governor::DefaultDirectRateLimiter>,
-    pub(super) workers: Vec<actix_rt::ArbiterHandle>,
+    pub(super) workers: Vec<Arc<Worker>>,
     pub(super) keepalive: Keepalive,
     pub(super) stop: CancellationToken,
 }
@@ -129,16 +130,16 @@ impl AcceptLoop {
             };
             let shared = self.shared.clone();
             let tls = self.tls.clone();
-            let worker = &self.workers[next % self.workers.len()];
+            let worker = self.workers[next % self.workers.len()].clone();
             next = next.wrapping_add(1);
-            let spawned = worker.spawn(async move {
+            let spawned = worker.clone().spawn(async move {
                 let stream = match TcpStream::from_std(std_stream) {
                     Ok(stream) => stream,
                     Err(error) => return tracing::warn!(%peer, %error, "cannot register socket"),
                 };
                 match tls {
                     None => {
-                        Session::start(stream, peer, shared, Some(permit));
+                        Session::start_tcp(stream, peer, shared, Some(permit), worker);
                     }
                     Some(tls) => start_tls(tls, stream, peer, shared, permit).await,
                 }

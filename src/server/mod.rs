@@ -27,6 +27,7 @@ use crate::broker::{Broker, HistoryLimits, MemoryBroker};
 use crate::config::{Config, ConfigError};
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
+use crate::outbox::Worker;
 use crate::registry::keeper::{self, BuildRegistry, Intensity, MakeBroker, StartFailure};
 use crate::registry::{Registry, RegistryLimits};
 use crate::session::{FrameHandler, Handlers, SessionShared};
@@ -259,7 +260,7 @@ impl ServerBuilder {
             tls,
             tracker: shared.tracker.clone(),
             accept_rate: config.limits.accept_rate_limiter(),
-            workers: workers.iter().map(Arbiter::handle).collect(),
+            workers: workers.iter().map(|a| Worker::new(a.handle())).collect(),
             keepalive: config.keepalive(),
             stop: stop_accepting.clone(),
         };

@@ -39,6 +39,8 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Span;
@@ -50,11 +52,14 @@ use crate::hooks::{Hooks, Meta};
 use crate::limits::{ConnectionPermit, ConnectionTracker};
 use crate::metrics::{Limit, Metrics};
 use crate::names::{FrameId, NameLimits, RoomName, UserName};
-use crate::outbox::{ByteSink, FrameSink, Outbox, WriterExit};
+use crate::outbox::{
+    ByteSink, Flushed, FrameSink, OnEvent, Outbox, OutboxEvent, Worker, WriterExit,
+};
 use crate::panics;
 use crate::protocol::codec::{CodecError, Incoming, LineCodec};
 use crate::protocol::{
-    encode_line, message_len, ByeReason, ErrorCode, HeartbeatInfo, Inbound, Outbound, ParseError,
+    encode_line, message_len, with_line, ByeReason, ErrorCode, HeartbeatInfo, Inbound, Outbound,
+    ParseError,
 };
 use crate::registry::keeper::{RegistryGone, RegistryRestarted, RegistrySlot};
 use crate::registry::{self, Registry, RegistryError, RoomCursor, SessionId};
@@ -87,6 +92,8 @@ pub(crate) struct SessionShared {
     /// random part per start.
     node: String,
     next_id: AtomicU64,
+    /// Where the heartbeat tick grid starts.
+    epoch: Instant,
 }
 
 impl SessionShared {
@@ -112,7 +119,33 @@ impl SessionShared {
             metrics,
             node,
             next_id: AtomicU64::new(1),
+            epoch: Instant::now(),
         })
+    }
+
+    /// The first instant at or after `at` on the heartbeat tick grid of `interval`: slots of
+    /// [`TICK_GRID`] (or of the largest divisor of it that divides `interval`, so that every
+    /// later tick stays on the grid too). Timers that fall in one slot fire in one wake-up of
+    /// their worker instead of one each; with a 1 s heartbeat a session's pings still spread
+    /// over 100 slots.
+    fn on_tick_grid(&self, at: Instant, interval: Duration) -> tokio::time::Instant {
+        let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        let grid_ms = gcd(interval_ms, TICK_GRID.as_millis() as u64).max(1);
+        let since = u64::try_from(at.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX / 2);
+        let on_grid = self.epoch + Duration::from_millis(since.div_ceil(grid_ms) * grid_ms);
+        tokio::time::Instant::from_std(on_grid)
+    }
+}
+
+/// The heartbeat tick grid (see [`SessionShared::on_tick_grid`]).
+const TICK_GRID: Duration = Duration::from_millis(10);
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -147,18 +180,41 @@ pub struct Session {
     send_policy: Option<Patterns>,
     /// What the connect hook attached.
     meta: Meta,
-    rate: Option<governor::DefaultDirectRateLimiter>,
+    /// Boxed: most servers set no `message_rate`, and every session's actor carries this field.
+    rate: Option<Box<governor::DefaultDirectRateLimiter>>,
     rate_violations: u32,
     _permit: Option<ConnectionPermit>,
-    /// Ends the writer task with the session, even when the session dies by a panic.
-    _writer: AbortOnDropHandle<()>,
+    writer: Writer,
     span: Span,
 }
 
+/// Where a new session's frames go.
+enum Out<K> {
+    /// A writer task drains the outbox into this sink.
+    Task(K),
+    /// The session writes this socket itself, on this worker.
+    Direct(OwnedWriteHalf, Arc<Worker>),
+}
+
+/// How a session's outbox reaches its socket.
+enum Writer {
+    /// A writer task; aborted with the session, even when the session dies by a panic.
+    Task { _abort: AbortOnDropHandle<()> },
+    /// Direct writes; the flush future while a write would block or the connection closes.
+    Direct(Option<SpawnHandle>),
+}
+
+impl Drop for Session {
+    /// The socket closes with the session, even after a panic, whoever still holds the outbox.
+    fn drop(&mut self) {
+        self.outbox.detach();
+    }
+}
+
 impl Session {
-    /// Starts a session for an accepted byte-stream connection (TCP, TLS) on the current
-    /// arbiter. The `permit`, if any, holds the connection's slot in the connection limits
-    /// until the session ends.
+    /// Starts a session for an accepted byte-stream connection (TLS, or an in-memory pipe)
+    /// on the current arbiter, with a writer task. The `permit`, if any, holds the
+    /// connection's slot in the connection limits until the session ends.
     pub(crate) fn start<S>(
         io: S,
         peer: SocketAddr,
@@ -175,6 +231,25 @@ impl Session {
         Session::start_on(lines, ByteSink(write), peer, shared, permit)
     }
 
+    /// Starts a session for an accepted plain TCP connection on `worker`, the current
+    /// arbiter. The session writes its socket itself (see [`crate::outbox`]): no writer task
+    /// unless a write would block.
+    pub(crate) fn start_tcp(
+        stream: TcpStream,
+        peer: SocketAddr,
+        shared: Arc<SessionShared>,
+        permit: Option<ConnectionPermit>,
+        worker: Arc<Worker>,
+    ) -> Addr<Session> {
+        worker.enter();
+        let (read, write) = stream.into_split();
+        let codec = LineCodec::new(shared.config.max_frame);
+        let lines = FramedRead::with_capacity(read, codec, READ_BUFFER)
+            .map(|line| line.map(Incoming::Frame));
+        let out = Out::<ByteSink<tokio::io::Sink>>::Direct(write, worker);
+        Session::create_on(lines, out, peer, shared, permit)
+    }
+
     /// Starts a session on any transport, on the current arbiter: `incoming` is what the peer
     /// sends, `sink` is where the session's writer task puts what the outbox holds. This is
     /// where a transport ends and the session begins.
@@ -189,31 +264,57 @@ impl Session {
         R: Stream<Item = Result<Incoming, CodecError>> + 'static,
         K: FrameSink + 'static,
     {
+        Session::create_on(incoming, Out::Task(sink), peer, shared, permit)
+    }
+
+    fn create_on<R, K>(
+        incoming: R,
+        out: Out<K>,
+        peer: SocketAddr,
+        shared: Arc<SessionShared>,
+        permit: Option<ConnectionPermit>,
+    ) -> Addr<Session>
+    where
+        R: Stream<Item = Result<Incoming, CodecError>> + 'static,
+        K: FrameSink + 'static,
+    {
         Session::create(move |ctx| {
             let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let wire_id: Arc<str> = format!("{}-{n}", shared.node).into();
             let span =
                 tracing::debug_span!("session", id = %wire_id, %peer, user = tracing::field::Empty);
             let me = ctx.address().downgrade();
-            let on_close = Box::new(move || {
+            let on_event: OnEvent = Box::new(move |event| {
                 if let Some(me) = me.upgrade() {
-                    // One per session: an outbox starts closing once.
-                    me.do_send(CloseBegan);
+                    // At most one of each at a time: an outbox starts closing once, and blocks
+                    // again only after its flush went idle.
+                    match event {
+                        OutboxEvent::CloseBegan => me.do_send(CloseBegan),
+                        OutboxEvent::Blocked => me.do_send(Blocked),
+                    }
                 }
             });
-            let outbox = Outbox::for_session(
-                shared.config.outbound_budget,
-                shared.metrics.clone(),
-                on_close,
-            );
+            let budget = shared.config.outbound_budget;
+            let metrics = shared.metrics.clone();
+            let (outbox, writer) = match out {
+                Out::Task(sink) => {
+                    let outbox = Outbox::for_session(budget, metrics, on_event);
+                    let addr = ctx.address();
+                    let writer = outbox.clone().run_sink(sink, shared.config.close_timeout);
+                    let writer = actix_rt::spawn(async move {
+                        let exit = writer.await;
+                        addr.do_send(WriterDone(exit));
+                    });
+                    let _abort = AbortOnDropHandle::new(writer);
+                    (outbox, Writer::Task { _abort })
+                }
+                Out::Direct(socket, worker) => {
+                    let outbox = Outbox::direct(budget, metrics, on_event, socket, worker);
+                    (outbox, Writer::Direct(None))
+                }
+            };
             let gauge = SessionGauge::new(wire_id.clone());
-            let addr = ctx.address();
-            let writer = outbox.clone().run_sink(sink, shared.config.close_timeout);
-            let writer = actix_rt::spawn(async move {
-                let exit = writer.await;
-                addr.do_send(WriterDone(exit));
-            });
-            let rate = shared.config.limits.session_rate_limiter();
+            let rate = shared.config.limits.session_rate_limiter().map(Box::new);
             let send_policy = shared.send_default.clone();
             ctx.add_stream(incoming);
             // The generation first: a registry published in between makes this session
@@ -243,7 +344,7 @@ impl Session {
                 rate,
                 rate_violations: 0,
                 _permit: permit,
-                _writer: AbortOnDropHandle::new(writer),
+                writer,
                 span,
             }
         })
@@ -634,7 +735,9 @@ impl Session {
         };
         match frame {
             Inbound::Ping(ping) => {
-                self.outbox.push(Outbound::Pong { seq: ping.seq }.encode());
+                with_line(&Outbound::Pong { seq: ping.seq }, |l| {
+                    self.outbox.push_slice(l)
+                });
             }
             Inbound::Pong(pong) => {
                 let rtt = self
@@ -773,7 +876,9 @@ impl Session {
                 });
             }
             Inbound::Ping(ping) => {
-                self.outbox.push(Outbound::Pong { seq: ping.seq }.encode());
+                with_line(&Outbound::Pong { seq: ping.seq }, |l| {
+                    self.outbox.push_slice(l)
+                });
             }
             Inbound::Bye(_) => {
                 self.closing = true;
@@ -872,16 +977,17 @@ impl Session {
     }
 
     /// Pings every `interval` from a random first tick, so that connections accepted together
-    /// do not ping together.
+    /// do not ping together. The first tick falls on the server's tick grid, and so do all
+    /// the others: a worker wakes once for every session whose tick falls in the same slot.
     fn start_heartbeat(&mut self, interval: Duration, ctx: &mut Context<Self>) {
-        let heartbeat = Heartbeat::new(interval, self.shared.config.max_missed, Instant::now());
+        let now = Instant::now();
+        let heartbeat = Heartbeat::new(interval, self.shared.config.max_missed, now);
         self.gauge.alive(heartbeat.dead_by());
         self.heartbeat = Some(heartbeat);
-        let first = interval.mul_f64(fastrand::f64());
-        ctx.run_later(first, move |act, ctx| {
-            act.on_tick(ctx);
-            ctx.run_interval(interval, |act, ctx| act.on_tick(ctx));
-        });
+        let first = self
+            .shared
+            .on_tick_grid(now + interval.mul_f64(fastrand::f64()), interval);
+        ctx.run_interval_at(first, interval, |act, ctx| act.on_tick(ctx));
     }
 
     fn on_tick(&mut self, ctx: &mut Context<Self>) {
@@ -907,7 +1013,7 @@ impl Session {
                     self.shared.metrics.heartbeat_missed();
                     tracing::debug!(parent: &self.span, missed, "heartbeat missed");
                 }
-                self.outbox.push(Outbound::Ping { seq }.encode());
+                with_line(&Outbound::Ping { seq }, |l| self.outbox.push_slice(l));
             }
             Tick::Skip => {}
             Tick::Dead { missed } => {
@@ -1005,9 +1111,23 @@ struct CloseBegan;
 impl Handler<CloseBegan> for Session {
     type Result = ();
 
-    fn handle(&mut self, _: CloseBegan, _: &mut Self::Context) {
+    fn handle(&mut self, _: CloseBegan, ctx: &mut Self::Context) {
         self.closing = true;
         self.unregister();
+        self.flush(ctx);
+    }
+}
+
+/// A direct write would block: flush from the session until the socket took everything.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Blocked;
+
+impl Handler<Blocked> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Blocked, ctx: &mut Self::Context) {
+        self.flush(ctx);
     }
 }
 
@@ -1046,7 +1166,30 @@ impl Handler<WriterDone> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: WriterDone, ctx: &mut Self::Context) {
-        match msg.0 {
+        self.writer_done(msg.0, ctx);
+    }
+}
+
+impl Session {
+    /// Runs the outbox's flush in this session's context, unless it runs already (or a writer
+    /// task does the writing).
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if !matches!(self.writer, Writer::Direct(None)) {
+            return;
+        }
+        let flushing = self.outbox.clone().flush(self.shared.config.close_timeout);
+        let handle = ctx.spawn(flushing.into_actor(self).map(|flushed, act, ctx| {
+            act.writer = Writer::Direct(None);
+            if let Flushed::Exit(exit) = flushed {
+                act.writer_done(exit, ctx);
+            }
+        }));
+        self.writer = Writer::Direct(Some(handle));
+    }
+
+    /// The socket is closed; the session ends with it.
+    fn writer_done(&mut self, exit: WriterExit, ctx: &mut Context<Self>) {
+        match exit {
             WriterExit::Closed(reason) => {
                 tracing::info!(parent: &self.span, session = %self.wire_id, %reason, "closed")
             }
