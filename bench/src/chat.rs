@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::time::Instant as TokioInstant;
 
 use super::client::{self, Frame};
-use super::fanout::stamp_of;
+use super::fanout::{sleep_until_some, stamp_of};
 use super::report::pct;
 use super::shard::{lock, Phase, ShardCtx, Slot, Tally};
 use super::stats::Percentiles;
@@ -354,13 +354,6 @@ impl ChatReport {
             rows.push(("chat: error".to_owned(), format!("{n} × {code}")));
         }
         rows
-    }
-}
-
-async fn sleep_until_some(at: Option<TokioInstant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

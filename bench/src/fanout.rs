@@ -168,7 +168,8 @@ pub(crate) async fn publisher(ctx: Arc<ShardCtx>, n: usize, slot: Slot) {
     ctx.gone();
 }
 
-async fn sleep_until_some(at: Option<TokioInstant>) {
+/// Sleeps until `at`, or forever when there is no instant.
+pub(crate) async fn sleep_until_some(at: Option<TokioInstant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
