@@ -126,7 +126,9 @@ impl Registry {
         joiner: Joiner,
     ) {
         let first = !self.rooms.contains_key(&room);
-        self.room_generations += 1;
+        if first {
+            self.room_generations += 1;
+        }
         let generation = self.room_generations;
         let state = self.rooms.entry(room.clone()).or_insert_with(|| Room {
             generation,
