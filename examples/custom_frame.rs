@@ -190,7 +190,7 @@ impl Handler<SessionsOf> for Registry {
 
     fn handle(&mut self, msg: SessionsOf, _ctx: &mut Context<Self>) -> Self::Result {
         self.sessions_of(&msg.0)
-            .filter_map(|id| self.session_addr(id).cloned())
+            .filter_map(|id| self.session_addr(id))
             .collect()
     }
 }

@@ -4,9 +4,9 @@
 //! always hold one item or a few: a user's sessions, a session's rooms. An empty `HashSet` is
 //! 48 bytes inline and its first insert allocates a table of about 100 bytes; with tens of
 //! thousands of connections that is a noticeable share of each one's memory (BENCHMARKS.md,
-//! issue 13). This set is 24 bytes inline and holds its first items in a vector grown one slot
-//! at a time; past [`SPILL`] items it becomes a (boxed) hash set, so a user with thousands of
-//! sessions is never scanned linearly.
+//! issue 13). This set is 24 bytes inline, holds one item inline and a few more in a vector
+//! grown one slot at a time; past [`SPILL`] items it becomes a (boxed) hash set, so a user with
+//! thousands of sessions is never scanned linearly.
 
 use std::borrow::Borrow;
 use std::collections::{hash_set, HashSet};
@@ -15,10 +15,16 @@ use std::hash::Hash;
 /// Items kept in the vector before the set turns into a hash set.
 const SPILL: usize = 16;
 
-/// A set of `T`: a vector up to [`SPILL`] items, a hash set beyond.
-#[derive(Debug, Clone)]
+/// A set of `T`: nothing allocated for none or one item, a vector up to [`SPILL`] items, a
+/// hash set beyond.
+#[derive(Debug, Clone, Default)]
 pub(crate) enum SmallSet<T> {
-    /// Few items, unordered, no duplicates.
+    /// No items.
+    #[default]
+    Empty,
+    /// One item, inline: the usual case (a user with one session), with no allocation.
+    One(T),
+    /// A few items, unordered, no duplicates.
     Few(Vec<T>),
     /// Many items. Boxed on purpose (so the set stays 24 bytes inline): the rare large set
     /// pays one more allocation, every small one saves 24 bytes in its map's table.
@@ -26,22 +32,28 @@ pub(crate) enum SmallSet<T> {
     Many(Box<HashSet<T>>),
 }
 
-impl<T> Default for SmallSet<T> {
-    fn default() -> Self {
-        SmallSet::Few(Vec::new())
-    }
-}
-
 impl<T: Eq + Hash> SmallSet<T> {
     /// Adds `item`; `false` if it was there already.
     pub(crate) fn insert(&mut self, item: T) -> bool {
         match self {
+            SmallSet::Empty => *self = SmallSet::One(item),
+            SmallSet::One(first) => {
+                if *first == item {
+                    return false;
+                }
+                let SmallSet::One(first) = std::mem::take(self) else {
+                    unreachable!("matched above")
+                };
+                let mut items = Vec::with_capacity(2);
+                items.extend([first, item]);
+                *self = SmallSet::Few(items);
+            }
             SmallSet::Few(items) => {
                 if items.contains(&item) {
                     return false;
                 }
                 if items.len() < SPILL {
-                    // One slot at a time: most of these sets never hold a second item.
+                    // One slot at a time: most of these sets never grow past a few items.
                     items.reserve_exact(1);
                     items.push(item);
                 } else {
@@ -49,10 +61,10 @@ impl<T: Eq + Hash> SmallSet<T> {
                     set.insert(item);
                     *self = SmallSet::Many(Box::new(set));
                 }
-                true
             }
-            SmallSet::Many(set) => set.insert(item),
+            SmallSet::Many(set) => return set.insert(item),
         }
+        true
     }
 
     /// Removes `item`; `false` if it was not there.
@@ -62,11 +74,21 @@ impl<T: Eq + Hash> SmallSet<T> {
         Q: Eq + Hash + ?Sized,
     {
         match self {
+            SmallSet::Empty => false,
+            SmallSet::One(only) => {
+                if (*only).borrow() != item {
+                    return false;
+                }
+                *self = SmallSet::Empty;
+                true
+            }
             SmallSet::Few(items) => match items.iter().position(|i| i.borrow() == item) {
                 Some(at) => {
                     items.swap_remove(at);
-                    if items.is_empty() {
-                        *items = Vec::new();
+                    if items.len() == 1 {
+                        if let Some(last) = items.pop() {
+                            *self = SmallSet::One(last);
+                        }
                     }
                     true
                 }
@@ -83,6 +105,8 @@ impl<T: Eq + Hash> SmallSet<T> {
         Q: Eq + Hash + ?Sized,
     {
         match self {
+            SmallSet::Empty => false,
+            SmallSet::One(only) => only.borrow() == item,
             SmallSet::Few(items) => items.iter().any(|i| i.borrow() == item),
             SmallSet::Many(set) => set.contains(item),
         }
@@ -93,6 +117,8 @@ impl<T> SmallSet<T> {
     /// Items in the set.
     pub(crate) fn len(&self) -> usize {
         match self {
+            SmallSet::Empty => 0,
+            SmallSet::One(_) => 1,
             SmallSet::Few(items) => items.len(),
             SmallSet::Many(set) => set.len(),
         }
@@ -106,6 +132,8 @@ impl<T> SmallSet<T> {
     /// The items, in no particular order.
     pub(crate) fn iter(&self) -> Iter<'_, T> {
         match self {
+            SmallSet::Empty => Iter::Few([].iter()),
+            SmallSet::One(only) => Iter::Few(std::slice::from_ref(only).iter()),
             SmallSet::Few(items) => Iter::Few(items.iter()),
             SmallSet::Many(set) => Iter::Many(set.iter()),
         }
@@ -178,17 +206,23 @@ mod tests {
     }
 
     #[test]
-    fn one_item_takes_one_slot_and_borrowed_lookups_work() {
+    fn one_item_is_inline_and_borrowed_lookups_work() {
         let mut set: SmallSet<String> = SmallSet::default();
         assert!(set.insert("a-1".to_owned()));
         assert!(!set.insert("a-1".to_owned()));
-        match &set {
-            SmallSet::Few(items) => assert_eq!(items.capacity(), 1),
-            SmallSet::Many(_) => panic!("spilled at one item"),
-        }
-        assert!(set.contains("a-1"));
+        assert!(
+            matches!(set, SmallSet::One(_)),
+            "one item allocates nothing"
+        );
+        assert!(set.insert("a-2".to_owned()));
         assert!(set.remove("a-1"));
+        assert!(matches!(set, SmallSet::One(_)), "back to one item");
+        assert!(set.contains("a-2"));
+        assert!(set.remove("a-2"));
         assert!(set.is_empty());
+        assert!(matches!(set, SmallSet::Empty));
+        // An id, or a name behind an `Arc`, fits beside the vector: 24 bytes in a map's table.
         assert_eq!(std::mem::size_of::<SmallSet<u64>>(), 24);
+        assert_eq!(std::mem::size_of::<SmallSet<std::sync::Arc<str>>>(), 24);
     }
 }

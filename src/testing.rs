@@ -54,8 +54,10 @@ pub async fn register_dead_session(server: &ServerHandle, id: u64, user: &str, r
         id,
         addr: actix::Addr::new(tx),
         outbox: Outbox::new(64 * 1024),
-        peer: SocketAddr::from(([127, 0, 0, 1], 9)),
-        gauge: SessionGauge::new(format!("ghost-{}", id.0).into()),
+        gauge: SessionGauge::new(
+            format!("ghost-{}", id.0).into(),
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+        ),
     };
     if !matches!(registry.send(connect).await, Ok(Ok(()))) {
         return;

@@ -53,7 +53,7 @@ pub struct MemoryBroker {
     /// Room → user → the sessions (members) of that user in the room.
     presence: RefCell<HashMap<RoomName, HashMap<UserName, HashSet<String>>>>,
     /// User → its sessions, for `max_sessions_per_user`.
-    sessions: RefCell<HashMap<UserName, SmallSet<String>>>,
+    sessions: RefCell<HashMap<UserName, SmallSet<Box<str>>>>,
     /// What was held when a registry took over and has not been asserted again since.
     not_rejoined: RefCell<NotRejoined>,
     events: RefCell<Option<mpsc::Sender<BrokerEvent>>>,
@@ -170,7 +170,7 @@ impl MemoryBroker {
             .sessions
             .borrow()
             .iter()
-            .flat_map(|(user, members)| members.iter().map(|m| (user.clone(), m.clone())))
+            .flat_map(|(user, members)| members.iter().map(|m| (user.clone(), m.to_string())))
             .collect();
         let presence = self
             .presence
@@ -398,7 +398,7 @@ impl Broker for MemoryBroker {
         let mine = sessions.entry(user.clone()).or_default();
         let claimed = max == 0 || mine.len() < max || mine.contains(member);
         if claimed {
-            mine.insert(member.to_owned());
+            mine.insert(member.into());
             drop(sessions);
             self.forget_claim(user, member);
         }

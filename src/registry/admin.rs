@@ -108,7 +108,7 @@ impl Registry {
         ConnectionInfo {
             session: gauge.wire_id().clone(),
             user: entry.user.clone(),
-            peer: entry.peer,
+            peer: entry.gauge.peer(),
             connected_at: gauge.connected_at(),
             rooms,
             last_rtt: gauge.rtt(),

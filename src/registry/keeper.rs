@@ -35,6 +35,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix::WeakAddr;
 use futures_util::future::LocalBoxFuture;
 use tokio::sync::{oneshot, watch};
 
@@ -59,7 +60,7 @@ pub(crate) type Orphans = Vec<Orphan>;
 /// gone too, the goodbye the fresh registry releases what it held with (its own may have died
 /// in the dead registry's mailbox).
 pub(crate) struct Orphan {
-    pub(crate) addr: Addr<Session>,
+    pub(crate) addr: WeakAddr<Session>,
     pub(crate) goodbye: Disconnect,
 }
 
@@ -73,6 +74,9 @@ pub(crate) struct RegistrySlot {
     stopping: AtomicBool,
     /// Why the keeper gave up, once it has.
     failure: watch::Sender<Option<Arc<str>>>,
+    /// Whether `failure` is set: a plain load for the sessions that check on every frame
+    /// and tick (the watch takes a lock that both workers would bounce between them).
+    failed: AtomicBool,
 }
 
 impl RegistrySlot {
@@ -82,6 +86,7 @@ impl RegistrySlot {
             generation: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             failure: watch::Sender::new(None),
+            failed: AtomicBool::new(false),
         })
     }
 
@@ -111,9 +116,9 @@ impl RegistrySlot {
         self.stopping.store(true, Ordering::Release);
     }
 
-    /// Why the keeper gave up, if it has.
-    pub(crate) fn failure(&self) -> Option<Arc<str>> {
-        self.failure.borrow().clone()
+    /// Whether the keeper gave up.
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     /// Resolves with the reason once the keeper gives up.
@@ -259,10 +264,11 @@ impl Keeper {
                 )
                 .into();
                 tracing::error!(%reason, "giving up: the server stops");
-                for orphan in &orphans {
-                    orphan.addr.do_send(RegistryGone);
+                for addr in orphans.iter().filter_map(|o| o.addr.upgrade()) {
+                    addr.do_send(RegistryGone);
                 }
                 slot.failure.send_replace(Some(reason));
+                slot.failed.store(true, Ordering::Release);
                 return;
             }
             tracing::error!(panic = %message, sessions = orphans.len(),
@@ -272,8 +278,8 @@ impl Keeper {
             let mut goodbyes = Vec::new();
             for orphan in orphans {
                 // One message per session per restart, and restarts are bounded.
-                if orphan.addr.connected() {
-                    orphan.addr.do_send(RegistryRestarted);
+                if let Some(addr) = orphan.addr.upgrade().filter(Addr::connected) {
+                    addr.do_send(RegistryRestarted);
                 } else {
                     goodbyes.push(orphan.goodbye);
                 }

@@ -26,13 +26,13 @@
 //! periodic sweep finds with `Addr::connected` and removes with its room memberships.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
+use actix::WeakAddr;
 use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
 use serde_json::value::RawValue;
@@ -101,12 +101,20 @@ struct Member {
 /// What the registry keeps per connection.
 #[derive(Debug)]
 struct Entry {
-    addr: Addr<Session>,
+    /// Weak: a strong address costs two allocations per connection, and a session lives by
+    /// its own socket and timers, not by being known here.
+    addr: WeakAddr<Session>,
     outbox: Arc<Outbox>,
-    peer: SocketAddr,
     user: Option<UserName>,
     rooms: SmallSet<RoomName>,
     gauge: Arc<SessionGauge>,
+}
+
+impl Entry {
+    /// Whether the session's actor is still running (a panic drops it without a goodbye).
+    fn alive(&self) -> bool {
+        self.addr.upgrade().is_some_and(|addr| addr.connected())
+    }
 }
 
 /// Per-user and per-session caps the registry enforces.
@@ -243,8 +251,8 @@ impl Registry {
     }
 
     /// The actor address of a session, to send it application messages.
-    pub fn session_addr(&self, id: SessionId) -> Option<&Addr<Session>> {
-        self.sessions.get(&id).map(|e| &e.addr)
+    pub fn session_addr(&self, id: SessionId) -> Option<Addr<Session>> {
+        self.sessions.get(&id).and_then(|e| e.addr.upgrade())
     }
 
     /// Queues an encoded frame (see [`encode_line`](crate::protocol::encode_line)) on a
@@ -332,14 +340,14 @@ impl Registry {
         let dead: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter(|(_, e)| !e.addr.connected())
+            .filter(|(_, e)| !e.alive())
             .map(|(id, _)| *id)
             .collect();
         for id in &dead {
             if let Some(entry) = self.remove_session(*id) {
                 // Its actor is gone, so its writer is too; make sure nobody queues more.
                 entry.outbox.close_silently(ByeReason::Normal);
-                tracing::warn!(session = %id, user = ?entry.user, peer = %entry.peer,
+                tracing::warn!(session = %id, user = ?entry.user, peer = %entry.gauge.peer(),
                     "sweep removed a session whose actor died without unregistering");
             }
         }
@@ -485,8 +493,6 @@ pub(crate) struct Connect {
     pub(crate) addr: Addr<Session>,
     /// Its outbound queue.
     pub(crate) outbox: Arc<Outbox>,
-    /// Remote address.
-    pub(crate) peer: SocketAddr,
     /// The session's live numbers (heartbeat, deadline), read when connections are listed.
     pub(crate) gauge: Arc<SessionGauge>,
 }
@@ -505,9 +511,8 @@ impl Handler<Connect> for Registry {
         self.sessions.insert(
             msg.id,
             Entry {
-                addr: msg.addr,
+                addr: msg.addr.downgrade(),
                 outbox: msg.outbox,
-                peer: msg.peer,
                 user: None,
                 rooms: SmallSet::default(),
                 gauge: msg.gauge,

@@ -590,7 +590,7 @@ impl Registry {
     /// One subscriber cannot be given the room's stream without a hole.
     fn resync_one(&mut self, room: &RoomName, id: SessionId, outbox: &Arc<crate::outbox::Outbox>) {
         Self::push_resync(room, outbox);
-        if let Some(addr) = self.sessions.get(&id).map(|e| e.addr.clone()) {
+        if let Some(addr) = self.sessions.get(&id).and_then(|e| e.addr.upgrade()) {
             addr.do_send(super::RoomDropped(room.clone()));
         }
         self.forget_room_if_empty(room);
@@ -607,7 +607,9 @@ impl Registry {
         if let Some(entry) = self.sessions.get_mut(&id) {
             entry.rooms.remove(room);
             // One per room the session was in: bounded by max_rooms_per_session.
-            entry.addr.do_send(super::RoomDropped(room.clone()));
+            if let Some(addr) = entry.addr.upgrade() {
+                addr.do_send(super::RoomDropped(room.clone()));
+            }
         }
         if let Some(user) = user {
             let member = self.member_key(id);

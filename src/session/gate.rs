@@ -167,7 +167,7 @@ impl Session {
         let caller = Caller {
             session: self.wire_id.clone(),
             user,
-            peer: self.peer,
+            peer: self.peer(),
             meta: self.meta.clone(),
         };
         let call = self.call_hook(&hook, msg.request(caller));
@@ -222,7 +222,7 @@ impl Session {
         };
         let request = ConnectRequest {
             session: self.wire_id.clone(),
-            peer: self.peer,
+            peer: self.peer(),
             user: user.clone(),
             token: hello.token.as_deref().map(String::from),
             client: hello.client.as_deref().map(String::from),

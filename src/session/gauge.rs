@@ -9,6 +9,7 @@
 //! received frame at most), reads happen only when someone lists connections; the numbers of
 //! one connection may be a frame apart from each other, which a monitoring view tolerates.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -20,6 +21,8 @@ const UNSET: u64 = u64::MAX;
 #[derive(Debug)]
 pub struct SessionGauge {
     wire_id: Arc<str>,
+    /// Kept here once for both the session and the registry.
+    peer: SocketAddr,
     connected_at: SystemTime,
     /// The base of the stored offsets.
     started: Instant,
@@ -31,9 +34,10 @@ pub struct SessionGauge {
 
 impl SessionGauge {
     /// A gauge for a connection that starts now.
-    pub fn new(wire_id: Arc<str>) -> Arc<SessionGauge> {
+    pub fn new(wire_id: Arc<str>, peer: SocketAddr) -> Arc<SessionGauge> {
         Arc::new(SessionGauge {
             wire_id,
+            peer,
             connected_at: SystemTime::now(),
             started: Instant::now(),
             rtt_us: AtomicU64::new(UNSET),
@@ -45,6 +49,11 @@ impl SessionGauge {
     /// The session id as sent in `welcome.session`.
     pub fn wire_id(&self) -> &Arc<str> {
         &self.wire_id
+    }
+
+    /// The remote address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
     }
 
     /// Wall-clock time of the accept.
@@ -107,7 +116,7 @@ mod tests {
 
     #[test]
     fn stores_and_reads_back() {
-        let g = SessionGauge::new("n-1".into());
+        let g = SessionGauge::new("n-1".into(), ([127, 0, 0, 1], 9).into());
         assert_eq!((g.rtt(), g.missed(), g.dead_by()), (None, 0, None));
         g.set_rtt(Duration::from_micros(1500));
         g.set_missed(2);

@@ -33,12 +33,12 @@ pub enum Tick {
 #[derive(Debug, Clone)]
 pub struct Heartbeat {
     interval: Duration,
-    max_missed: u32,
     last_rx: Instant,
     last_ping: Option<Instant>,
     next_seq: u64,
-    missed: u32,
-    last_rtt: Option<Duration>,
+    /// `u16` (the configuration caps it at 1000) keeps every session's copy at 64 bytes.
+    max_missed: u16,
+    missed: u16,
     /// The latest ping has not been answered yet.
     rtt_pending: bool,
 }
@@ -48,12 +48,11 @@ impl Heartbeat {
     pub fn new(interval: Duration, max_missed: u32, now: Instant) -> Self {
         Heartbeat {
             interval,
-            max_missed,
+            max_missed: u16::try_from(max_missed).unwrap_or(u16::MAX),
             last_rx: now,
             last_ping: None,
             next_seq: 1,
             missed: 0,
-            last_rtt: None,
             rtt_pending: false,
         }
     }
@@ -75,17 +74,15 @@ impl Heartbeat {
             .last_ping
             .filter(|_| answers_latest && self.rtt_pending)?;
         self.rtt_pending = false;
-        let rtt = now.saturating_duration_since(sent);
-        self.last_rtt = Some(rtt);
-        Some(rtt)
+        Some(now.saturating_duration_since(sent))
     }
 
     /// Decides what to do at a timer tick.
     pub fn tick(&mut self, now: Instant) -> Tick {
         let unanswered = self.last_ping.is_some_and(|ping| ping > self.last_rx);
-        if now.saturating_duration_since(self.last_rx) > self.interval * self.max_missed {
+        if now.saturating_duration_since(self.last_rx) > self.interval * self.max_missed.into() {
             return Tick::Dead {
-                missed: self.missed + u32::from(unanswered),
+                missed: u32::from(self.missed) + u32::from(unanswered),
             };
         }
         if self
@@ -103,25 +100,19 @@ impl Heartbeat {
         self.rtt_pending = true;
         Tick::Ping {
             seq,
-            missed: self.missed,
+            missed: self.missed.into(),
         }
     }
 
     /// Pings in a row that went unanswered.
     #[cfg(test)]
     pub fn missed(&self) -> u32 {
-        self.missed
-    }
-
-    /// Round trip of the latest answered ping.
-    #[cfg(test)]
-    pub fn last_rtt(&self) -> Option<Duration> {
-        self.last_rtt
+        self.missed.into()
     }
 
     /// The instant by which the peer will be declared dead if it stays silent.
     pub fn dead_by(&self) -> Instant {
-        self.last_rx + self.interval * (self.max_missed + 1)
+        self.last_rx + self.interval * (u32::from(self.max_missed) + 1)
     }
 }
 
@@ -172,21 +163,28 @@ mod tests {
     }
 
     #[test]
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    fn stays_small() {
+        // Every session carries one (BENCHMARKS.md, per-connection cost).
+        assert_eq!(std::mem::size_of::<Heartbeat>(), 64);
+    }
+
+    #[test]
     fn rtt_is_measured_from_the_latest_ping() {
         let t0 = Instant::now();
         let mut hb = Heartbeat::new(I, 2, t0);
         hb.tick(t0 + I);
-        hb.pong(Some(1), t0 + I + Duration::from_millis(7));
-        assert_eq!(hb.last_rtt(), Some(Duration::from_millis(7)));
-        hb.pong(Some(0), t0 + I + Duration::from_millis(50));
-        assert_eq!(hb.last_rtt(), Some(Duration::from_millis(7)));
+        assert_eq!(
+            hb.pong(Some(1), t0 + I + Duration::from_millis(7)),
+            Some(Duration::from_millis(7))
+        );
+        assert_eq!(hb.pong(Some(0), t0 + I + Duration::from_millis(50)), None);
         // a repeated answer proves liveness but measures nothing; a huge seq is no panic
         assert_eq!(hb.pong(Some(1), t0 + I + Duration::from_millis(50)), None);
         assert_eq!(
             hb.pong(Some(u64::MAX), t0 + I + Duration::from_millis(50)),
             None
         );
-        assert_eq!(hb.last_rtt(), Some(Duration::from_millis(7)));
         assert_eq!(hb.dead_by(), t0 + I + Duration::from_millis(50) + I * 3);
     }
 }

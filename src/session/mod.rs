@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix::WeakAddr;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
@@ -154,14 +155,15 @@ fn gcd(a: u64, b: u64) -> u64 {
 pub struct Session {
     id: SessionId,
     wire_id: Arc<str>,
-    peer: SocketAddr,
     user: Option<UserName>,
     /// Rooms the registry confirmed with `subscribed`, until `unsubscribed`, with how far this
     /// session got in each.
     rooms: HashMap<RoomName, Arc<RoomCursor>>,
     shared: Arc<SessionShared>,
-    /// The registry this session is registered with, and its generation in the slot.
-    registry: Addr<Registry>,
+    /// The registry this session is registered with, and its generation in the slot. Weak:
+    /// a strong address costs two allocations per connection, and the slot keeps the
+    /// registry's mailbox alive anyway.
+    registry: WeakAddr<Registry>,
     registry_generation: u64,
     /// Since when no registry could be reached, while that lasts.
     registry_lost: Option<Instant>,
@@ -313,18 +315,17 @@ impl Session {
                     (outbox, Writer::Direct(None))
                 }
             };
-            let gauge = SessionGauge::new(wire_id.clone());
+            let gauge = SessionGauge::new(wire_id.clone(), peer);
             let rate = shared.config.limits.session_rate_limiter().map(Box::new);
             let send_policy = shared.send_default.clone();
             ctx.add_stream(incoming);
             // The generation first: a registry published in between makes this session
             // re-register once more, never keep a replaced address.
             let registry_generation = shared.slot.generation();
-            let registry = shared.slot.current();
+            let registry = shared.slot.current().downgrade();
             Session {
                 id: SessionId(n),
                 wire_id,
-                peer,
                 user: None,
                 rooms: HashMap::new(),
                 registry,
@@ -435,12 +436,14 @@ impl Session {
 
     /// The remote address.
     pub fn peer(&self) -> SocketAddr {
-        self.peer
+        self.gauge.peer()
     }
 
     /// The registry this session reports to.
-    pub fn registry(&self) -> &Addr<Registry> {
-        &self.registry
+    pub fn registry(&self) -> Addr<Registry> {
+        self.registry
+            .upgrade()
+            .unwrap_or_else(|| self.shared.slot.current())
     }
 
     /// The tracing span of this session (at `debug` level, so that it costs nothing per
@@ -514,7 +517,7 @@ impl Session {
         F: FnOnce(&mut Self, &mut Context<Self>, M::Result) + 'static,
     {
         self.sync_registry(ctx);
-        let request = self.registry.send(msg);
+        let request = self.registry().send(msg);
         ctx.wait(
             request
                 .into_actor(self)
@@ -536,7 +539,7 @@ impl Session {
     /// Follows the slot to the registry running now, registering again with it when it is not
     /// the one this session knew (or the last request could not reach it).
     fn sync_registry(&mut self, ctx: &mut Context<Self>) {
-        if self.shared.slot.failure().is_some() {
+        if self.shared.slot.has_failed() {
             return self.registry_gone();
         }
         let generation = self.shared.slot.generation();
@@ -544,12 +547,13 @@ impl Session {
             return;
         }
         let replaced = generation != self.registry_generation;
-        self.registry = self.shared.slot.current();
+        let registry = self.shared.slot.current();
+        self.registry = registry.downgrade();
         self.registry_generation = generation;
         if self.unregistered {
             if replaced {
                 // The goodbye may have died with the registry it went to.
-                self.registry.do_send(self.disconnect_message());
+                registry.do_send(self.disconnect_message());
             }
             return;
         }
@@ -562,7 +566,7 @@ impl Session {
                 .map(|(room, cursor)| (room.clone(), cursor.clone()))
                 .collect(),
         };
-        let request = self.registry.send(rejoin);
+        let request = registry.send(rejoin);
         ctx.wait(request.into_actor(self).map(|answer, act, _| match answer {
             Ok(Ok(())) => {
                 act.registry_lost = None;
@@ -589,7 +593,6 @@ impl Session {
             id: self.id,
             addr: ctx.address(),
             outbox: self.outbox.clone(),
-            peer: self.peer,
             gauge: self.gauge.clone(),
         }
     }
