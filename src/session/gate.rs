@@ -236,7 +236,7 @@ impl Session {
             let accepted = match outcome {
                 Outcome::Decided(ConnectDecision::Accept(accept)) => accept,
                 Outcome::Decided(ConnectDecision::Reject(reason)) => {
-                    tracing::info!(parent: &act.span, session = %act.wire_id, %reason, "connect hook refused");
+                    tracing::info!(parent: act.span(), session = %act.wire_id, %reason, "connect hook refused");
                     return act.refuse_connect(&reason, None);
                 }
                 // `allow` lets in the user `hello` or its token named; without one, nobody.

@@ -157,8 +157,10 @@ pub struct Session {
     wire_id: Arc<str>,
     user: Option<UserName>,
     /// Rooms the registry confirmed with `subscribed`, until `unsubscribed`, with how far this
-    /// session got in each.
-    rooms: HashMap<RoomName, Arc<RoomCursor>>,
+    /// session got in each. Boxed when the first room is joined: the map is 48 bytes inline,
+    /// and one more word per session is what moves its task over a 128-byte size step.
+    #[allow(clippy::box_collection)]
+    rooms: Option<Box<HashMap<RoomName, Arc<RoomCursor>>>>,
     shared: Arc<SessionShared>,
     /// The registry this session is registered with, and its generation in the slot. Weak:
     /// a strong address costs two allocations per connection, and the slot keeps the
@@ -187,7 +189,8 @@ pub struct Session {
     rate_violations: u32,
     _permit: Option<ConnectionPermit>,
     writer: Writer,
-    span: Span,
+    /// `None` while the `debug` span is disabled (the default): 40 bytes saved per session.
+    span: Option<Box<Span>>,
 }
 
 /// Where a new session's frames go.
@@ -327,7 +330,7 @@ impl Session {
                 id: SessionId(n),
                 wire_id,
                 user: None,
-                rooms: HashMap::new(),
+                rooms: None,
                 registry,
                 registry_generation,
                 registry_lost: None,
@@ -346,7 +349,7 @@ impl Session {
                 rate_violations: 0,
                 _permit: permit,
                 writer,
-                span,
+                span: (!span.is_disabled()).then(|| Box::new(span)),
             }
         })
     }
@@ -368,12 +371,24 @@ impl Session {
 
     /// The rooms this session is subscribed to.
     pub fn rooms(&self) -> impl Iterator<Item = &RoomName> + '_ {
-        self.rooms.keys()
+        self.rooms.iter().flat_map(|rooms| rooms.keys())
+    }
+
+    /// Forgets `room`, and the map with the last one.
+    fn leave_room(&mut self, room: &RoomName) {
+        if let Some(rooms) = &mut self.rooms {
+            rooms.remove(room);
+            if rooms.is_empty() {
+                self.rooms = None;
+            }
+        }
     }
 
     /// Whether this session is subscribed to `room`.
     pub fn in_room(&self, room: &str) -> bool {
-        self.rooms.contains_key(room)
+        self.rooms
+            .as_ref()
+            .is_some_and(|rooms| rooms.contains_key(room))
     }
 
     /// What the connect hook attached to this session (empty without one).
@@ -450,7 +465,8 @@ impl Session {
     /// connection under the default `info` filter); log with `parent: session.span()` and add
     /// `session = %session.wire_id()` to events that must carry the id at `info`.
     pub fn span(&self) -> &Span {
-        &self.span
+        static DISABLED: Span = Span::none();
+        self.span.as_deref().unwrap_or(&DISABLED)
     }
 
     /// Queues any serialisable value as one frame. Returns `false` if it was not queued
@@ -485,10 +501,10 @@ impl Session {
         if self.outbox.close_by(reason, reconnect_ms, deadline) {
             match reason {
                 ByeReason::Normal | ByeReason::Shutdown | ByeReason::Kicked => {
-                    tracing::debug!(parent: &self.span, %reason, "closing")
+                    tracing::debug!(parent: self.span(), %reason, "closing")
                 }
                 _ => {
-                    tracing::info!(parent: &self.span, session = %self.wire_id, %reason, "closing")
+                    tracing::info!(parent: self.span(), session = %self.wire_id, %reason, "closing")
                 }
             }
         }
@@ -524,7 +540,7 @@ impl Session {
                 .map(move |answer, act, ctx| match answer {
                     Ok(result) => then(act, ctx, result),
                     Err(e) => {
-                        tracing::warn!(parent: &act.span, session = %act.wire_id, error = %e, "registry unreachable");
+                        tracing::warn!(parent: act.span(), session = %act.wire_id, error = %e, "registry unreachable");
                         act.registry_lost.get_or_insert_with(Instant::now);
                         act.send_error(
                             ErrorCode::Internal,
@@ -563,6 +579,7 @@ impl Session {
             rooms: self
                 .rooms
                 .iter()
+                .flat_map(|rooms| rooms.iter())
                 .map(|(room, cursor)| (room.clone(), cursor.clone()))
                 .collect(),
         };
@@ -570,7 +587,7 @@ impl Session {
         ctx.wait(request.into_actor(self).map(|answer, act, _| match answer {
             Ok(Ok(())) => {
                 act.registry_lost = None;
-                tracing::info!(parent: &act.span, session = %act.wire_id, "registered with a fresh registry");
+                tracing::info!(parent: act.span(), session = %act.wire_id, "registered with a fresh registry");
             }
             Ok(Err(RegistryError::Draining)) => {
                 let reconnect_ms = act.shared.config.shutdown_reconnect.as_millis() as u64;
@@ -615,7 +632,7 @@ impl Session {
             id: self.id,
             user: self.user.clone(),
             member: self.wire_id.clone(),
-            rooms: self.rooms.keys().cloned().collect(),
+            rooms: self.rooms().cloned().collect(),
         }
     }
 
@@ -649,7 +666,7 @@ impl Session {
     /// them close the session.
     fn bad_frame(&mut self, message: &str) {
         self.bad_frames += 1;
-        tracing::debug!(parent: &self.span, bad_frames = self.bad_frames, %message, "bad frame");
+        tracing::debug!(parent: self.span(), bad_frames = self.bad_frames, %message, "bad frame");
         self.send_error(ErrorCode::BadFrame, message, None);
         if self.bad_frames >= self.shared.config.max_bad_frames {
             self.close(ByeReason::ProtocolError, None);
@@ -677,7 +694,7 @@ impl Session {
         self.rate_violations += 1;
         self.shared.metrics.limit_hit(Limit::MessageRate);
         if self.rate_violations == 1 {
-            tracing::info!(parent: &self.span, session = %self.wire_id, "rate limit reached");
+            tracing::info!(parent: self.span(), session = %self.wire_id, "rate limit reached");
         }
         self.send_error(ErrorCode::RateLimited, "too many frames; slow down", None);
         if self.rate_violations >= self.shared.config.limits.max_rate_violations {
@@ -705,7 +722,7 @@ impl Session {
     fn room_allowed(&self, room: &RoomName, id: Option<&str>) -> bool {
         let allowed = self.room_policy.as_ref().is_none_or(|p| p.allows(room));
         if !allowed {
-            tracing::info!(parent: &self.span, session = %self.wire_id, %room, "room not allowed by token");
+            tracing::info!(parent: self.span(), session = %self.wire_id, %room, "room not allowed by token");
             self.send_error(
                 ErrorCode::Forbidden,
                 "your token does not allow this room",
@@ -719,7 +736,7 @@ impl Session {
     fn recipient_allowed(&self, user: &UserName, id: Option<&str>) -> bool {
         let allowed = self.send_policy.as_ref().is_none_or(|p| p.allows(user));
         if !allowed {
-            tracing::info!(parent: &self.span, session = %self.wire_id, to = %user, "recipient not allowed");
+            tracing::info!(parent: self.span(), session = %self.wire_id, to = %user, "recipient not allowed");
             self.send_error(ErrorCode::Forbidden, "you may not send to this user", id);
         }
         allowed
@@ -769,14 +786,14 @@ impl Session {
                 self.gate(ctx, msg, move |act, ctx, msg| {
                     act.ask(ctx, msg, move |act, _, cursor| {
                         if let Some(cursor) = cursor {
-                            act.rooms.insert(room, cursor);
+                            act.rooms.get_or_insert_default().insert(room, cursor);
                         }
                     });
                 });
             }
             Inbound::Unsubscribe(u) => {
                 let room = RoomName::checked(u.room);
-                self.rooms.remove(&room);
+                self.leave_room(&room);
                 let msg = registry::Unsubscribe { id: self.id, room };
                 self.ask(ctx, msg, |_, _, ()| {});
             }
@@ -824,7 +841,7 @@ impl Session {
                 });
             }
             Inbound::Bye(bye) => {
-                tracing::debug!(parent: &self.span, reason = ?bye.reason, "client said bye");
+                tracing::debug!(parent: self.span(), reason = ?bye.reason, "client said bye");
                 self.closing = true;
                 self.outbox.close_silently(ByeReason::Normal);
             }
@@ -848,7 +865,7 @@ impl Session {
     fn dispatch_before_hello(&mut self, frame: Inbound<'_>, ctx: &mut Context<Self>) {
         match frame {
             Inbound::Hello(hello) => {
-                tracing::debug!(parent: &self.span, client = hello.client.as_deref(), "hello");
+                tracing::debug!(parent: self.span(), client = hello.client.as_deref(), "hello");
                 let requested = hello.heartbeat.as_ref().and_then(|h| h.interval_ms);
                 let interval = self.shared.config.grant_heartbeat(requested);
                 let (user, expires_in) = match &self.shared.authenticator {
@@ -866,7 +883,7 @@ impl Session {
                                 (Some(identity.user), Some(identity.expires_in))
                             }
                             Err(error) => {
-                                tracing::info!(parent: &self.span, session = %self.wire_id, %error, "authentication failed");
+                                tracing::info!(parent: self.span(), session = %self.wire_id, %error, "authentication failed");
                                 self.send_error(ErrorCode::Unauthorized, &error.to_string(), None);
                                 return self.close(ByeReason::Unauthorized, None);
                             }
@@ -919,7 +936,7 @@ impl Session {
                 act.welcomed(user, interval, ctx);
                 if let Some(expires_in) = expires_in {
                     ctx.run_later(expires_in, |act, _| {
-                        tracing::info!(parent: &act.span, session = %act.wire_id, "token expired");
+                        tracing::info!(parent: act.span(), session = %act.wire_id, "token expired");
                         act.send_error(ErrorCode::Unauthorized, "token expired", None);
                         act.close(ByeReason::Unauthorized, None);
                     });
@@ -940,7 +957,7 @@ impl Session {
             }
             Err(RegistryError::Broker(error)) => {
                 // The user index could not be checked: nothing was admitted.
-                tracing::warn!(parent: &act.span, %error, "hello refused: store unavailable");
+                tracing::warn!(parent: act.span(), %error, "hello refused: store unavailable");
                 act.send_error(
                     ErrorCode::Unavailable,
                     "the message store is unavailable; try again later",
@@ -973,8 +990,8 @@ impl Session {
         if let Some(timer) = self.handshake_timer.take() {
             ctx.cancel_future(timer);
         }
-        self.span.record("user", &*user);
-        tracing::debug!(parent: &self.span, "welcome");
+        self.span().record("user", &*user);
+        tracing::debug!(parent: self.span(), "welcome");
         self.user = Some(user);
         self.start_heartbeat(interval, ctx);
     }
@@ -1002,7 +1019,7 @@ impl Session {
             .registry_lost
             .is_some_and(|since| now.duration_since(since) > self.shared.config.dead_after())
         {
-            tracing::warn!(parent: &self.span, session = %self.wire_id, "no registry reachable; closing");
+            tracing::warn!(parent: self.span(), session = %self.wire_id, "no registry reachable; closing");
             return self.registry_gone();
         }
         self.sync_registry(ctx);
@@ -1014,7 +1031,7 @@ impl Session {
                 self.gauge.set_missed(missed);
                 if missed > 0 {
                     self.shared.metrics.heartbeat_missed();
-                    tracing::debug!(parent: &self.span, missed, "heartbeat missed");
+                    tracing::debug!(parent: self.span(), missed, "heartbeat missed");
                 }
                 with_line(&Outbound::Ping { seq }, |l| self.outbox.push_slice(l));
             }
@@ -1024,7 +1041,7 @@ impl Session {
                 let dead_by = hb.dead_by();
                 self.gauge.set_missed(missed);
                 self.shared.metrics.heartbeat_missed();
-                tracing::info!(parent: &self.span, session = %self.wire_id, missed, "peer silent too long");
+                tracing::info!(parent: self.span(), session = %self.wire_id, missed, "peer silent too long");
                 self.close_by(ByeReason::HeartbeatTimeout, None, Some(dead_by));
             }
         }
@@ -1035,7 +1052,7 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        tracing::debug!(parent: &self.span, "connected");
+        tracing::debug!(parent: self.span(), "connected");
         let connect = self.connect_message(ctx);
         let reconnect_ms = self.shared.config.shutdown_reconnect.as_millis() as u64;
         self.ask(ctx, connect, move |act, _, result| {
@@ -1059,11 +1076,11 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        tracing::debug!(parent: &self.span, "session ended");
+        tracing::debug!(parent: self.span(), "session ended");
         if let Some(panic) = panics::take() {
             // The actor was dropped after a panic in one of its handlers: this connection
             // alone ends.
-            tracing::error!(parent: &self.span, session = %self.wire_id, %panic, "session crashed");
+            tracing::error!(parent: self.span(), session = %self.wire_id, %panic, "session crashed");
             self.shared.metrics.session_panicked();
             self.outbox.close_silently(ByeReason::Normal);
         }
@@ -1084,15 +1101,15 @@ impl StreamHandler<Result<Incoming, CodecError>> for Session {
                 }
             }
             Err(CodecError::FrameTooLarge(max)) => {
-                tracing::info!(parent: &self.span, session = %self.wire_id, max, "frame too large");
+                tracing::info!(parent: self.span(), session = %self.wire_id, max, "frame too large");
                 self.close(ByeReason::FrameTooLarge, None);
             }
             Err(CodecError::Protocol(error)) => {
-                tracing::info!(parent: &self.span, session = %self.wire_id, %error, "transport protocol error");
+                tracing::info!(parent: self.span(), session = %self.wire_id, %error, "transport protocol error");
                 self.close(ByeReason::ProtocolError, None);
             }
             Err(CodecError::Io(error)) => {
-                tracing::debug!(parent: &self.span, %error, "read failed");
+                tracing::debug!(parent: self.span(), %error, "read failed");
                 self.closing = true;
                 self.outbox.close_silently(ByeReason::Normal);
             }
@@ -1140,7 +1157,7 @@ impl Handler<registry::RoomDropped> for Session {
     /// The registry dropped this session from a room on its own (after a
     /// `unsubscribed{reason:"resync"}`).
     fn handle(&mut self, msg: registry::RoomDropped, _: &mut Self::Context) {
-        self.rooms.remove(&msg.0);
+        self.leave_room(&msg.0);
     }
 }
 
@@ -1194,15 +1211,32 @@ impl Session {
     fn writer_done(&mut self, exit: WriterExit, ctx: &mut Context<Self>) {
         match exit {
             WriterExit::Closed(reason) => {
-                tracing::info!(parent: &self.span, session = %self.wire_id, %reason, "closed")
+                tracing::info!(parent: self.span(), session = %self.wire_id, %reason, "closed")
             }
             WriterExit::TimedOut(reason) => {
-                tracing::warn!(parent: &self.span, session = %self.wire_id, %reason, "closed before the peer took its queued frames")
+                tracing::warn!(parent: self.span(), session = %self.wire_id, %reason, "closed before the peer took its queued frames")
             }
             WriterExit::Failed(error) => {
-                tracing::info!(parent: &self.span, session = %self.wire_id, %error, "connection lost")
+                tracing::info!(parent: self.span(), session = %self.wire_id, %error, "connection lost")
             }
         }
         ctx.stop();
+    }
+}
+#[cfg(all(test, target_os = "linux", target_pointer_width = "64"))]
+mod tests {
+    use actix::dev::ContextFut;
+
+    #[test]
+    fn a_session_task_fits_in_768_bytes() {
+        // tokio rounds a task's cell up to 128 bytes (its header is cache-line aligned); with
+        // about 104 bytes of its own around the future, an actor future over 664 bytes costs
+        // every connection 128 bytes more (BENCHMARKS.md, per-connection cost).
+        let future =
+            std::mem::size_of::<ContextFut<super::Session, actix::Context<super::Session>>>();
+        assert!(
+            future <= 664,
+            "the session's actor future is {future} bytes"
+        );
     }
 }
