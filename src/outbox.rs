@@ -315,6 +315,17 @@ impl Outbox {
         }
     }
 
+    /// Frees the queue's buffer while nothing is queued. A connection that once had a frame
+    /// queued (its `welcome`, pushed by the registry from another thread) would otherwise keep
+    /// about 128 bytes for as long as it lives; the session calls this once per heartbeat, so a
+    /// busy connection reallocates at most that often.
+    pub(crate) fn release_idle_queue(&self) {
+        let mut state = self.lock();
+        if state.queue.is_empty() && state.queue.capacity() != 0 {
+            state.queue = VecDeque::new();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent: every update
         // is a single push or pop, so a poisoned lock is still safe to use.
@@ -371,6 +382,11 @@ impl Outbox {
         }
         if !worker.is_current() {
             state.queued += frame.len();
+            if state.queue.capacity() == 0 {
+                // One slot, not the default four: most connections only ever queue their
+                // `welcome` this way (see `release_idle_queue`).
+                state.queue.reserve_exact(1);
+            }
             state.queue.push_back(owned());
             let schedule = !std::mem::replace(&mut state.scheduled, true);
             drop(state);
@@ -981,6 +997,10 @@ mod tests {
         assert_eq!(outbox.queued_bytes(), 0);
         assert!(events.try_recv().is_err(), "no flush future was needed");
         arbiter.stop();
+        // The queue those frames passed through is freed once it is idle.
+        assert_ne!(outbox.lock().queue.capacity(), 0);
+        outbox.release_idle_queue();
+        assert_eq!(outbox.lock().queue.capacity(), 0);
     }
 
     #[actix_rt::test]

@@ -1034,6 +1034,7 @@ impl Session {
                     tracing::debug!(parent: self.span(), missed, "heartbeat missed");
                 }
                 with_line(&Outbound::Ping { seq }, |l| self.outbox.push_slice(l));
+                self.outbox.release_idle_queue();
             }
             Tick::Skip => {}
             Tick::Dead { missed } => {
