@@ -57,6 +57,11 @@ const MAX_SLICES: usize = 64;
 /// Outboxes a worker flushes before it lets its other tasks run.
 const FLUSH_SLICE: usize = 128;
 
+/// Outboxes a pushing thread gathers before it hands them off without waiting for the end of
+/// its turn: the workers start writing a large room's frames while the registry is still
+/// pushing the rest, instead of after it.
+const HAND_OFF_CHUNK: usize = 512;
+
 /// What an outbox tells its owner; called outside the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OutboxEvent {
@@ -109,22 +114,28 @@ impl Worker {
 }
 
 /// Queues `outbox` for its worker; the first one of a turn schedules the hand-off, which runs
-/// when the pushing thread's current task (the registry handling a publication) yields.
+/// when the pushing thread's current task (the registry handling a publication) yields. Every
+/// [`HAND_OFF_CHUNK`] outboxes are handed off at once.
 fn defer(outbox: Arc<Outbox>) {
     if actix_rt::Arbiter::try_current().is_none() {
         // Not on an actix thread: nothing would run a hand-off task here.
         return hand_off(vec![outbox]);
     }
-    let first = DEFERRED.with(|d| {
+    let (first, full) = DEFERRED.with(|d| {
         let mut d = d.borrow_mut();
+        let first = d.is_empty();
         d.push(outbox);
-        d.len() == 1
+        let full = (d.len() >= HAND_OFF_CHUNK).then(|| std::mem::take(&mut *d));
+        (first, full)
     });
     if first {
         actix_rt::spawn(async {
             let batch = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
             hand_off(batch);
         });
+    }
+    if let Some(chunk) = full {
+        hand_off(chunk);
     }
 }
 
