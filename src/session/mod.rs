@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix::WeakAddr;
 use bytes::Bytes;
+use futures_util::future::Either;
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -533,7 +534,12 @@ impl Session {
         F: FnOnce(&mut Self, &mut Context<Self>, M::Result) + 'static,
     {
         self.sync_registry(ctx);
-        let request = self.registry().send(msg);
+        // Only the registry this session registered with: one that is gone fails like a
+        // request lost in its mailbox, and the next sync joins its successor first.
+        let request = match self.registry.upgrade() {
+            Some(registry) => Either::Left(registry.send(msg)),
+            None => Either::Right(std::future::ready(Err(MailboxError::Closed))),
+        };
         ctx.wait(
             request
                 .into_actor(self)
