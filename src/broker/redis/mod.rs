@@ -720,6 +720,40 @@ async fn upkeep(shared: Rc<Shared>) {
     }
 }
 
+/// Refreshes `members` of `key` in batches of [`REFRESH_BATCH`]: each batch is narrowed to
+/// what the node still holds right before it is sent (`still_held`), `refresh` extends those
+/// entries in the store and answers the ones the store had lost, and `restore` adds these
+/// back, again only if the node still holds them. Failures are logged and the next batch
+/// goes on.
+async fn refresh_in_batches<T>(
+    key: &dyn std::fmt::Display,
+    what: &str,
+    members: &[String],
+    still_held: impl Fn(&[String]) -> Vec<T>,
+    refresh: impl AsyncFn(&[T]) -> Result<Vec<String>, BrokerError>,
+    restore: impl AsyncFn(&[T]) -> Result<(), BrokerError>,
+) {
+    for chunk in members.chunks(REFRESH_BATCH) {
+        let batch = still_held(chunk);
+        if batch.is_empty() {
+            continue;
+        }
+        let lost = match refresh(&batch).await {
+            Ok(missing) => still_held(&missing),
+            Err(error) => {
+                tracing::debug!(%key, %error, "{what} not refreshed");
+                continue;
+            }
+        };
+        if lost.is_empty() {
+            continue;
+        }
+        if let Err(error) = restore(&lost).await {
+            tracing::debug!(%key, %error, "{what} not restored");
+        }
+    }
+}
+
 /// The refresh of what the node holds. A round takes many round trips, and a session may be
 /// released meanwhile: each batch is read from the node's live maps right before it is sent,
 /// and the store only refreshes entries it still has, so a refresh never brings a released
@@ -733,25 +767,15 @@ impl Shared {
             .get(&room)
             .map(|members| members.keys().cloned().collect())
             .unwrap_or_default();
-        for chunk in members.chunks(REFRESH_BATCH) {
-            let batch = self.present(&room, chunk);
-            if batch.is_empty() {
-                continue;
-            }
-            let lost = match self.presence_refresh(&room, &batch).await {
-                Ok(missing) => self.present(&room, &missing),
-                Err(error) => {
-                    tracing::debug!(%room, %error, "presence not refreshed");
-                    continue;
-                }
-            };
-            if lost.is_empty() {
-                continue;
-            }
-            if let Err(error) = self.presence_add(&room, &lost).await {
-                tracing::debug!(%room, %error, "presence not restored");
-            }
-        }
+        refresh_in_batches(
+            &room,
+            "presence",
+            &members,
+            |batch| self.present(&room, batch),
+            async |held| self.presence_refresh(&room, held).await,
+            async |lost| self.presence_add(&room, lost).await,
+        )
+        .await;
     }
 
     async fn refresh_user(&self, user: UserName) {
@@ -761,25 +785,15 @@ impl Shared {
             .get(&user)
             .map(|members| members.iter().cloned().collect())
             .unwrap_or_default();
-        for chunk in members.chunks(REFRESH_BATCH) {
-            let batch = self.held(&user, chunk);
-            if batch.is_empty() {
-                continue;
-            }
-            let lost = match self.claim_refresh(&user, &batch).await {
-                Ok(missing) => self.held(&user, &missing),
-                Err(error) => {
-                    tracing::debug!(%user, %error, "user index not refreshed");
-                    continue;
-                }
-            };
-            if lost.is_empty() {
-                continue;
-            }
-            if let Err(error) = self.claim(&user, &lost, 0).await {
-                tracing::debug!(%user, %error, "user index not restored");
-            }
-        }
+        refresh_in_batches(
+            &user,
+            "user index",
+            &members,
+            |batch| self.held(&user, batch),
+            async |held| self.claim_refresh(&user, held).await,
+            async |lost| self.claim(&user, lost, 0).await.map(drop),
+        )
+        .await;
     }
 
     /// Which of `members` are this node's sessions in `room` now, with their users.
