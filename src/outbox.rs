@@ -86,6 +86,8 @@ thread_local! {
     static CURRENT_WORKER: Cell<usize> = const { Cell::new(0) };
     /// Direct outboxes this thread queued frames on, waiting to go to their workers.
     static DEFERRED: RefCell<Vec<Arc<Outbox>>> = const { RefCell::new(Vec::new()) };
+    /// A hand-off task for the end of this thread's turn is spawned already.
+    static HAND_OFF_PENDING: Cell<bool> = const { Cell::new(false) };
 }
 
 impl Worker {
@@ -117,39 +119,42 @@ impl Worker {
 /// when the pushing thread's current task (the registry handling a publication) yields. Every
 /// [`HAND_OFF_CHUNK`] outboxes are handed off at once.
 fn defer(outbox: Arc<Outbox>) {
-    if actix_rt::Arbiter::try_current().is_none() {
-        // Not on an actix thread: nothing would run a hand-off task here.
-        return hand_off(vec![outbox]);
-    }
-    let (first, full) = DEFERRED.with(|d| {
-        let mut d = d.borrow_mut();
-        let first = d.is_empty();
-        d.push(outbox);
-        let full = (d.len() >= HAND_OFF_CHUNK).then(|| std::mem::take(&mut *d));
-        (first, full)
-    });
-    if first {
+    if !HAND_OFF_PENDING.get() {
+        if actix_rt::Arbiter::try_current().is_none() {
+            // Not on an actix thread: nothing would run a hand-off task here.
+            return hand_off(vec![outbox]);
+        }
+        HAND_OFF_PENDING.set(true);
         actix_rt::spawn(async {
-            let batch = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
-            hand_off(batch);
+            HAND_OFF_PENDING.set(false);
+            hand_off(DEFERRED.take());
         });
     }
+    let full = DEFERRED.with(|d| {
+        let mut d = d.borrow_mut();
+        d.push(outbox);
+        (d.len() >= HAND_OFF_CHUNK)
+            .then(|| std::mem::replace(&mut *d, Vec::with_capacity(HAND_OFF_CHUNK)))
+    });
     if let Some(chunk) = full {
         hand_off(chunk);
     }
 }
 
 /// One cross-thread hand-off per worker: it writes the batch's sockets on its own thread.
-fn hand_off(mut batch: Vec<Arc<Outbox>>) {
-    while let Some(first) = batch.first() {
-        let Some(worker) = first.worker().cloned() else {
-            batch.swap_remove(0);
+fn hand_off(batch: Vec<Arc<Outbox>>) {
+    // A handful of workers: a short list, grouped in one pass.
+    let mut per_worker: Vec<(Arc<Worker>, Vec<Arc<Outbox>>)> = Vec::new();
+    for outbox in batch {
+        let Some(worker) = outbox.worker() else {
             continue;
         };
-        let (mine, rest): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .partition(|o| o.worker().is_some_and(|w| Arc::ptr_eq(w, &worker)));
-        batch = rest;
+        match per_worker.iter_mut().find(|(w, _)| Arc::ptr_eq(w, worker)) {
+            Some((_, mine)) => mine.push(outbox),
+            None => per_worker.push((worker.clone(), vec![outbox])),
+        }
+    }
+    for (worker, mine) in per_worker {
         let spawned = worker.handle.spawn(async move {
             for (i, outbox) in mine.iter().enumerate() {
                 outbox.flush_scheduled();
@@ -326,17 +331,6 @@ impl Outbox {
         }
     }
 
-    /// Frees the queue's buffer while nothing is queued. A connection that once had a frame
-    /// queued (its `welcome`, pushed by the registry from another thread) would otherwise keep
-    /// about 128 bytes for as long as it lives; the session calls this once per heartbeat, so a
-    /// busy connection reallocates at most that often.
-    pub(crate) fn release_idle_queue(&self) {
-        let mut state = self.lock();
-        if state.queue.is_empty() && state.queue.capacity() != 0 {
-            state.queue = VecDeque::new();
-        }
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent: every update
         // is a single push or pop, so a poisoned lock is still safe to use.
@@ -349,16 +343,30 @@ impl Outbox {
     /// Returns `false` when the frame was not taken: the connection is closing, or this frame
     /// overflowed the budget (which starts a `slow_consumer` close).
     pub fn push(self: &Arc<Self>, frame: Bytes) -> bool {
-        self.push_with(&frame, || frame.clone())
+        self.push_with(&frame, || frame.clone(), false)
     }
 
     /// Like [`Outbox::push`] for a frame encoded on the stack: it is copied only if it must
     /// wait in the queue.
     pub(crate) fn push_slice(self: &Arc<Self>, frame: &[u8]) -> bool {
-        self.push_with(frame, || Bytes::copy_from_slice(frame))
+        self.push_with(frame, || Bytes::copy_from_slice(frame), false)
     }
 
-    fn push_with(self: &Arc<Self>, frame: &[u8], owned: impl FnOnce() -> Bytes) -> bool {
+    /// [`push_slice`](Self::push_slice) for the heartbeat's ping, which also frees the queue's
+    /// buffer when the ping leaves nothing queued. A connection that once had a frame queued
+    /// (its `welcome`, pushed by the registry from another thread) would otherwise keep about
+    /// 128 bytes for as long as it lives; a busy connection reallocates its queue at most once
+    /// or twice per heartbeat.
+    pub(crate) fn push_ping(self: &Arc<Self>, frame: &[u8]) -> bool {
+        self.push_with(frame, || Bytes::copy_from_slice(frame), true)
+    }
+
+    fn push_with(
+        self: &Arc<Self>,
+        frame: &[u8],
+        owned: impl FnOnce() -> Bytes,
+        release_idle_queue: bool,
+    ) -> bool {
         let mut state = self.lock();
         if state.closing.is_some() {
             return false;
@@ -395,7 +403,7 @@ impl Outbox {
             state.queued += frame.len();
             if state.queue.capacity() == 0 {
                 // One slot, not the default four: most connections only ever queue their
-                // `welcome` this way (see `release_idle_queue`).
+                // `welcome` this way (see `push_ping`).
                 state.queue.reserve_exact(1);
             }
             state.queue.push_back(owned());
@@ -408,7 +416,11 @@ impl Outbox {
         }
         let wrote = if state.queue.is_empty() {
             // The common case: nothing waits, so the frame goes out from where it is.
-            self.write_one(&mut state, frame, owned)
+            let wrote = self.write_one(&mut state, frame, owned);
+            if release_idle_queue && state.queue.is_empty() {
+                state.queue = VecDeque::new();
+            }
+            wrote
         } else {
             state.queued += frame.len();
             state.queue.push_back(owned());
@@ -1008,9 +1020,10 @@ mod tests {
         assert_eq!(outbox.queued_bytes(), 0);
         assert!(events.try_recv().is_err(), "no flush future was needed");
         arbiter.stop();
-        // The queue those frames passed through is freed once it is idle.
+        // The queue those frames passed through is freed by the next ping that leaves it idle.
         assert_ne!(outbox.lock().queue.capacity(), 0);
-        outbox.release_idle_queue();
+        assert!(outbox.push_ping(b"p\n"));
+        assert_eq!(read_until(&mut client, "p\n").await, "p\n");
         assert_eq!(outbox.lock().queue.capacity(), 0);
     }
 

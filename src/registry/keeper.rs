@@ -103,11 +103,28 @@ impl RegistrySlot {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Runs `f` with the registry running now if it is still generation `generation`, the
+    /// one a session registered with; `None` once it was replaced. Borrowed: no address clone
+    /// per request.
+    pub(crate) fn with_current<R>(
+        &self,
+        generation: u64,
+        f: impl FnOnce(&Addr<Registry>) -> R,
+    ) -> Option<R> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The generation moves under the write lock, so it belongs to this address.
+        (self.generation() == generation).then(|| f(&current))
+    }
+
     fn publish(&self, addr: Addr<Registry>) {
-        match self.current.write() {
-            Ok(mut current) => *current = addr,
-            Err(poisoned) => *poisoned.into_inner() = addr,
-        }
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *current = addr;
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 

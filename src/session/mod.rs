@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix::WeakAddr;
 use bytes::Bytes;
 use futures_util::future::Either;
 use futures_util::{Stream, StreamExt};
@@ -163,10 +162,8 @@ pub struct Session {
     #[allow(clippy::box_collection)]
     rooms: Option<Box<HashMap<RoomName, Arc<RoomCursor>>>>,
     shared: Arc<SessionShared>,
-    /// The registry this session is registered with, and its generation in the slot. Weak:
-    /// a strong address costs two allocations per connection, and the slot keeps the
-    /// registry's mailbox alive anyway.
-    registry: WeakAddr<Registry>,
+    /// The generation (in the slot) of the registry this session is registered with; its
+    /// address is borrowed from the slot for each request, not kept per connection.
     registry_generation: u64,
     /// Since when no registry could be reached, while that lasts.
     registry_lost: Option<Instant>,
@@ -323,16 +320,14 @@ impl Session {
             let rate = shared.config.limits.session_rate_limiter().map(Box::new);
             let send_policy = shared.send_default.clone();
             ctx.add_stream(incoming);
-            // The generation first: a registry published in between makes this session
-            // re-register once more, never keep a replaced address.
+            // The generation the session starts with: a registry published after it makes
+            // the session register again before its first request.
             let registry_generation = shared.slot.generation();
-            let registry = shared.slot.current().downgrade();
             Session {
                 id: SessionId(n),
                 wire_id,
                 user: None,
                 rooms: None,
-                registry,
                 registry_generation,
                 registry_lost: None,
                 unregistered: false,
@@ -455,11 +450,9 @@ impl Session {
         self.gauge.peer()
     }
 
-    /// The registry this session reports to.
+    /// The registry running now.
     pub fn registry(&self) -> Addr<Registry> {
-        self.registry
-            .upgrade()
-            .unwrap_or_else(|| self.shared.slot.current())
+        self.shared.slot.current()
     }
 
     /// The tracing span of this session (at `debug` level, so that it costs nothing per
@@ -536,8 +529,12 @@ impl Session {
         self.sync_registry(ctx);
         // Only the registry this session registered with: one that is gone fails like a
         // request lost in its mailbox, and the next sync joins its successor first.
-        let request = match self.registry.upgrade() {
-            Some(registry) => Either::Left(registry.send(msg)),
+        let request = match self
+            .shared
+            .slot
+            .with_current(self.registry_generation, |registry| registry.send(msg))
+        {
+            Some(request) => Either::Left(request),
             None => Either::Right(std::future::ready(Err(MailboxError::Closed))),
         };
         ctx.wait(
@@ -570,7 +567,6 @@ impl Session {
         }
         let replaced = generation != self.registry_generation;
         let registry = self.shared.slot.current();
-        self.registry = registry.downgrade();
         self.registry_generation = generation;
         if self.unregistered {
             if replaced {
@@ -1034,13 +1030,13 @@ impl Session {
         };
         match hb.tick(now) {
             Tick::Ping { seq, missed } => {
-                self.gauge.set_missed(missed);
                 if missed > 0 {
+                    // (Zero is there already: every frame that resets the count resets the gauge.)
+                    self.gauge.set_missed(missed);
                     self.shared.metrics.heartbeat_missed();
                     tracing::debug!(parent: self.span(), missed, "heartbeat missed");
                 }
-                with_line(&Outbound::Ping { seq }, |l| self.outbox.push_slice(l));
-                self.outbox.release_idle_queue();
+                with_line(&Outbound::Ping { seq }, |l| self.outbox.push_ping(l));
             }
             Tick::Skip => {}
             Tick::Dead { missed } => {

@@ -40,7 +40,7 @@ enum Command {
     /// Connect to a server: print received messages as JSON lines on stdout, status on
     /// stderr, publish stdin lines; reconnects through server restarts.
     Connect(ConnectArgs),
-    /// Load a server with many connections and measure it (idle, fanout, detect, churn).
+    /// Load a server with many connections and measure it (idle, fanout, detect, churn, chat).
     Bench(Box<heartwire_bench::BenchArgs>),
 }
 
